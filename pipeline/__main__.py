@@ -1,0 +1,28 @@
+"""``python -m pipeline [overrides]``: the Hydra app (configs in conf/)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from pipeline.config import ConfigError, register_configs
+from pipeline.job import run_job
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run_job(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except ConfigError as exc:
+        # One line, no traceback, and no MLflow run was created.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Synthetic data (d2l's ``synthetic_data``), seeding, and the closed-form least-squares floor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Generators:
+    """One independent random stream per purpose, so that changing how batches are drawn never
+    changes the data or the initial weights (and the two models can share all three)."""
+
+    data: torch.Generator
+    init: torch.Generator
+    batches: torch.Generator
+
+
+def make_generators(seed: int) -> Generators:
+    # SeedSequence.spawn gives statistically independent child seeds from one user seed.
+    children = np.random.SeedSequence(seed).spawn(3)
+    gens = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children]
+    return Generators(*gens)
+
+
+def synthetic_data(
+    true_w: torch.Tensor,
+    true_b: float,
+    n: int,
+    noise: float,
+    gen: torch.Generator,
+    outlier_fraction: float = 0.0,
+    outlier_scale: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = Xw + b + N(0, noise^2), as d2l; optionally a fraction of labels gets heavy noise."""
+    dtype = true_w.dtype
+    X = torch.normal(0.0, 1.0, (n, len(true_w)), generator=gen, dtype=dtype)
+    y = X @ true_w + true_b
+    y += torch.normal(0.0, noise, y.shape, generator=gen, dtype=dtype)
+    if outlier_fraction > 0:
+        k = round(outlier_fraction * n)
+        idx = torch.randperm(n, generator=gen)[:k]
+        y[idx] += torch.normal(0.0, outlier_scale, (k,), generator=gen, dtype=dtype)
+    return X, y.reshape(-1, 1)
+
+
+def ols(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form least squares (w, b): the floor any estimator can reach on this data."""
+    A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+    sol = torch.linalg.lstsq(A, y, driver="gelsd").solution.reshape(-1)
+    return sol[:-1], sol[-1]

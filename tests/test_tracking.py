@@ -1,0 +1,163 @@
+"""The MLflow run of a job holds exactly the contract, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.entities import Run
+
+from pipeline import train as train_module
+from pipeline.config import PROJECT_ROOT
+from pipeline.job import run_job
+from pipeline.tracking import config_hash, flatten, to_container
+from tests.conftest import compose_cfg
+
+EPOCH = {"train_loss", "mse", "w_error", "b_error"}
+STEP = {"batch_loss", "grad_norm"}
+FINAL = {"ols_w_error", "ols_b_error", "w_hat.0", "w_hat.1", "b_hat", "updates"}
+
+
+def only_run(client: mlflow.MlflowClient) -> Run:
+    exp = client.get_experiment_by_name("linreg")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: Path) -> None:
+    cfg = compose_cfg("train.log_every=2")
+    result = run_job(cfg, overrides=["train.log_every=2"])
+    run = only_run(client)
+    rid = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "linear-mse-lr0.03-bs10-log_every2-s0"
+    # params: every leaf of the resolved config, with dots
+    assert run.data.params == {k: str(v) for k, v in flatten(to_container(cfg)).items()}
+    for key in ("optim.lr", "train.batch_size", "model.name", "loss.name", "loss.reduction",
+                "seed", "data.n"):
+        assert key in run.data.params
+    assert run.data.params["model.name"] == "linear" and run.data.params["optim.lr"] == "0.03"
+    # metrics
+    assert set(run.data.metrics) == EPOCH | STEP | FINAL
+    for key in EPOCH:
+        assert [s for s, _ in history(client, rid, key)] == [0, 1, 2, 3]
+    for key in STEP:
+        assert [s for s, _ in history(client, rid, key)] == list(range(2, 301, 2))
+    assert history(client, rid, "mse")[-1][1] == result
+    assert result < 2e-4 and run.data.metrics["w_error"] < 5e-3
+    assert run.data.metrics["ols_w_error"] < 5e-3
+    w_hat = (run.data.metrics["w_hat.0"], run.data.metrics["w_hat.1"])
+    assert math.hypot(w_hat[0] - 2.0, w_hat[1] + 3.4) == pytest.approx(
+        run.data.metrics["w_error"], rel=1e-9)
+    # tags
+    tags = run.data.tags
+    assert tags["model"] == "linear" and tags["loss"] == "mse" and tags["diverged"] == "false"
+    assert tags["config_hash"] == config_hash(cfg) and len(tags["config_hash"]) == 16
+    assert "torch_version" in tags and "python_version" in tags
+    assert "mlflow.parentRunId" not in tags
+    # artifacts: resolved config (round-trips to the same params) and the overrides
+    files = {a.path for a in client.list_artifacts(rid)}
+    assert files == {"config.yaml", "overrides.yaml"}
+    path = client.download_artifacts(rid, "config.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(path).read_text()) == to_container(cfg)
+    path = client.download_artifacts(rid, "overrides.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(path).read_text()) == ["train.log_every=2"]
+
+
+def test_config_hash_ignores_tracking_keys_only() -> None:
+    base = config_hash(compose_cfg())
+    assert config_hash(compose_cfg("tracking.experiment=other", "sweep.force=true")) == base
+    assert config_hash(compose_cfg("optim.lr=0.031")) != base
+    assert config_hash(compose_cfg("model=scratch")) != base
+
+
+def test_run_names_are_distinct_across_keys() -> None:
+    from pipeline.tracking import run_name
+
+    names = {run_name(compose_cfg(*o)) for o in [
+        (), ("model=scratch",), ("loss=huber",), ("loss.reduction=sum",), ("optim.lr=0.1",),
+        ("train.batch_size=100",), ("seed=1",), ("init=zeros",), ("data.n=50",),
+        ("data=outliers",), ("train.drop_last=true",)]}
+    assert len(names) == 11
+    assert run_name(compose_cfg("model=scratch", "loss=squared", "init=zeros")) == (
+        "scratch-squared-lr0.03-bs10-zeros-s0")
+
+
+def test_divergence_is_tagged_and_logs_no_inf(client: mlflow.MlflowClient) -> None:
+    assert run_job(compose_cfg("optim.lr=5")) == math.inf
+    run = only_run(client)
+    assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
+    at = run.data.metrics["diverged_at_step"]
+    assert 1 <= at < 300
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            assert math.isfinite(m.value) and abs(m.value) < 1e300
+    assert max(s for s, _ in history(client, run.info.run_id, "batch_loss")) == at - 1
+
+
+def test_an_exception_ends_the_run_failed(
+    client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr("pipeline.job.train", boom)
+    with pytest.raises(RuntimeError):
+        run_job(compose_cfg())
+    run = only_run(client)
+    assert run.info.status == "FAILED" and "boom in training" in run.data.tags["error"]
+
+
+def test_ctrl_c_ends_the_run_killed(
+    client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(compose_cfg())
+    assert only_run(client).info.status == "KILLED"
+
+
+def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path) -> None:
+    # a slow job (B=1, many epochs) that we terminate once its run exists
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train.batch_size=1", "train.epochs=1000",
+         f"hydra.run.dir={tmp_path}/h"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 1,"):
+            break
+    proc.terminate()
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert only_run(client).info.status == "KILLED"
+
+
+def test_cli_runs_the_default_job(client: mlflow.MlflowClient, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "model=scratch", "loss=squared",
+         f"hydra.run.dir={tmp_path}/h"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = only_run(client)
+    assert f"mlflow run {run.info.run_id}" in proc.stdout
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 4
+    assert run.data.metrics["train_loss"] < 1e-4
+    assert f"loss {run.data.metrics['train_loss']:f}" in lines[-1]
