@@ -9,16 +9,22 @@ PIP_QUIET := --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install train test lint clean
+SWEEP ?= faq
+LAUNCHER ?= basic
+PORT ?= 5000
+
+.PHONY: help install train sweep ui test lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml pipeline/plugins/pyproject.toml pipeline/plugins/hydra_plugins/linreg_sweep/__init__.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first and pinned: the CPU build on this machine; a loose requirement could pull CUDA.
 	$(PY) -m pip install $(PIP_QUIET) torch==2.13.0
 	$(PY) -m pip install $(PIP_QUIET) -e '.[dev]'
+	# Hydra finds plugins only in the hydra_plugins namespace on disk: a normal install.
+	$(PY) -m pip install $(PIP_QUIET) --no-deps ./pipeline/plugins
 	$(PY) -c 'import torch, hydra, mlflow, pandas, matplotlib, pytest'
 	touch $(STAMP)
 
@@ -27,11 +33,18 @@ install: $(STAMP) ## create .venv: torch==2.13.0 (CPU), then this package with d
 train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratch ..." for overrides
 	$(PY) -m pipeline $(ARGS)
 
+sweep: $(STAMP) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|seeds|smoke LAUNCHER=basic|joblib ARGS="..."
+	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
+
+ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(PORT) over $$MLFLOW_TRACKING_URI (default mlruns/)
+	$(PY) -m pipeline.ui --port $(PORT)
+
 test: $(STAMP) ## run the test suite (never touches mlruns/)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check pipeline tests
+	$(VENV)/bin/ruff format --check pipeline tests
 	$(VENV)/bin/mypy
 
 clean: ## remove .venv and caches (keeps mlruns/)

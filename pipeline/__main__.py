@@ -8,13 +8,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pipeline.config import ConfigError, register_configs
+from pipeline.config import PROJECT_ROOT, ConfigError, register_configs
 from pipeline.job import run_job
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return run_job(cfg, overrides=list(HydraConfig.get().overrides.task))

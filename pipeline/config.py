@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -98,12 +99,15 @@ class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; null = $MLFLOW_TRACKING_URI or mlruns/
     experiment: str = "linreg"  # MLflow experiment name
     run_name: str | None = None  # null = derived from the config, e.g. linear-mse-lr0.03-bs10-s0
+    parent_run_id: str | None = None  # set by the sweeper: the sweep's MLflow parent run
 
 
 @dataclass
 class SweepConfig:
     name: str = "none"  # preset that launched the job (set by conf/sweep/*.yaml)
     force: bool = False  # retrain jobs whose config already has a FINISHED run
+    total: int = 0  # set by the sweeper: jobs it launches (for progress lines)
+    started: float = 0.0  # set by the sweeper: its start time (for progress lines)
 
 
 @dataclass
@@ -130,8 +134,20 @@ def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore (conf/config.yaml lists it first in its defaults)
     and the ``${project_root:}`` resolver that anchors output paths whatever the cwd."""
     ConfigStore.instance().store(name="config_schema", node=Config)
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+# Arithmetic that presets use to derive one key from another (e.g. sum's lr = mean's lr / B)
+# instead of typing the result by hand.
+RESOLVERS: dict[str, Any] = {
+    "project_root": lambda: str(PROJECT_ROOT),
+    "scaled": lambda base, b, ref, power: base * (b / ref) ** power,  # base * (b/ref)^power
+    "min": lambda *xs: min(xs),
+    "max": lambda *xs: max(xs),
+    "ceil_div": lambda a, b: -(-a // b),
+}
 
 
 class ConfigError(ValueError):

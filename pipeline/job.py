@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from types import FrameType
 
 from omegaconf import DictConfig
 
-from pipeline.config import validate
+from pipeline.config import register_configs, validate
 from pipeline.tracking import RunLogger
 from pipeline.train import train
 
 log = logging.getLogger("pipeline")
-
-# Set by the sweep callback in the parent process before any job starts; inherited by jobs in
-# the same process and by launcher worker processes alike.
-PARENT_RUN_ENV = "LINREG_PARENT_RUN_ID"
 
 
 @contextlib.contextmanager
@@ -44,25 +39,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def print_epoch(epoch: int, m: dict[str, float]) -> None:
     loss = m["train_loss"]
     shown = f"{loss:f}" if abs(loss) < 1e4 else f"{loss:.3e}"  # d2l prints {:f}
-    log.info(f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}, "
-             f"w error {m['w_error']:.3g}, b error {m['b_error']:.3g}")
+    log.info(
+        f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}, "
+        f"w error {m['w_error']:.3g}, b error {m['b_error']:.3g}"
+    )
 
 
 def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Train ``cfg`` and log it as one MLflow run; returns the final full-data MSE (inf when
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
+    register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
     validate(cfg)
-    logger = RunLogger(cfg, os.environ.get(PARENT_RUN_ENV), overrides)
+    logger = RunLogger(cfg, overrides)
     run_id = logger.start()
-    log.info(f"mlflow run {run_id} ({logger.uri})")
+    in_sweep = cfg.sweep.total > 0  # a sweep prints one progress line per job instead
+    if not in_sweep:
+        log.info(f"mlflow run {run_id} ({logger.uri})")
     with sigterm_as_interrupt():
         try:
-            hist = train(cfg, on_epoch=print_epoch)
+            hist = train(cfg, on_epoch=None if in_sweep else print_epoch)
             logger.finish(hist)
         except BaseException as exc:
             logger.fail(exc)
             raise
     if hist.diverged:
-        log.warning(f"WARNING: diverged at update {hist.diverged_at_step} "
-                    f"(optim.lr={cfg.optim.lr}); run {run_id} is tagged diverged=true")
+        log.warning(
+            f"WARNING: diverged at update {hist.diverged_at_step} "
+            f"(optim.lr={cfg.optim.lr}); run {run_id} is tagged diverged=true"
+        )
     return hist.final_mse

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -49,12 +50,14 @@ def artifact_root(uri: str) -> str | None:
     return None  # a server or other store decides for itself
 
 
-def with_retry(call: Callable[[], T], attempts: int = 20) -> T:
-    """Retry a store call while SQLite is locked by another process of the same sweep."""
+def with_retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried while SQLite is locked by another process of the
+    same sweep (MLflow raises TEMPORARILY_UNAVAILABLE: "database is locked")."""
     locked = ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
+    attempts = 20
     for attempt in range(attempts):
         try:
-            return call()
+            return call(*args, **kwargs)
         except MlflowException as exc:
             busy = exc.error_code == locked or "database is locked" in str(exc)
             if not busy or attempt == attempts - 1:
@@ -69,18 +72,26 @@ def get_client(uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (uri, name) -> id: one lookup per process
+
+
 def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
     """Id of the experiment ``name``, created (with artifacts beside the store) if missing."""
-    exp = with_retry(lambda: client.get_experiment_by_name(name))
+    if (uri, name) in _EXPERIMENTS:
+        return _EXPERIMENTS[uri, name]
+    exp = with_retry(client.get_experiment_by_name, name)
     if exp is not None:
-        return str(exp.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_root(uri)))
-    except MlflowException:  # another process created it first
-        exp = with_retry(lambda: client.get_experiment_by_name(name))
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
+        exp_id = str(exp.experiment_id)
+    else:
+        try:
+            exp_id = str(client.create_experiment(name, artifact_location=artifact_root(uri)))
+        except MlflowException:  # another process created it first
+            exp = with_retry(client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            exp_id = str(exp.experiment_id)
+    _EXPERIMENTS[uri, name] = exp_id
+    return exp_id
 
 
 # --- what a run records -----------------------------------------------------------------------
@@ -119,19 +130,31 @@ def run_name(cfg: DictConfig) -> str:
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
     defaults = flatten(to_container(OmegaConf.structured(Config)))
     shown = {"model.name", "loss.name", "loss.reduction", "optim.lr", "train.batch_size", "seed"}
-    short = {"data.n": "n", "train.epochs": "ep", "init.name": "", "data.outliers.fraction": "out",
-             "train.drop_last": "droplast", "loss.delta": "d", "data.noise": "noise"}
+    short = {
+        "data.n": "n",
+        "train.epochs": "ep",
+        "init.name": "",
+        "data.outliers.fraction": "out",
+        "train.drop_last": "droplast",
+        "loss.delta": "d",
+        "data.noise": "noise",
+    }
     for key, value in flatten(to_container(cfg)).items():
         if key in shown or key.split(".")[0] in UNTRACKED_KEYS or defaults.get(key) == value:
             continue
         label = short.get(key, key.rsplit(".", 1)[-1])
-        parts.append(label if value is True else f"{label}{value:g}" if isinstance(
-            value, float) else f"{label}{value}")
+        parts.append(
+            label
+            if value is True
+            else f"{label}{value:g}"
+            if isinstance(value, float)
+            else f"{label}{value}"
+        )
     parts.append(f"s{cfg.seed}")
     return "-".join(parts)
 
 
-def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
+def run_tags(cfg: DictConfig) -> dict[str, str]:
     tags = {
         "model": cfg.model.name.value,
         "loss": cfg.loss.name.value,
@@ -145,8 +168,8 @@ def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
         "pid": str(os.getpid()),
         "mlflow.source.name": "pipeline",
     }
-    if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if cfg.tracking.parent_run_id:  # explicit, so nesting holds for jobs in other processes
+        tags[MLFLOW_PARENT_RUN_ID] = cfg.tracking.parent_run_id
     return tags
 
 
@@ -164,8 +187,12 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     for step, loss, norm in zip(hist.steps, hist.batch_loss, hist.grad_norm, strict=True):
         out += metric("batch_loss", loss, step)
         out += metric("grad_norm", norm, step)
-    finals = {"ols_w_error": hist.ols_w_error, "ols_b_error": hist.ols_b_error,
-              "b_hat": hist.b_hat, "updates": float(hist.updates)}
+    finals = {
+        "ols_w_error": hist.ols_w_error,
+        "ols_b_error": hist.ols_b_error,
+        "b_hat": hist.b_hat,
+        "updates": float(hist.updates),
+    }
     finals.update({f"w_hat.{i}": v for i, v in enumerate(hist.w_hat)})
     if hist.diverged_at_step is not None:
         finals["diverged_at_step"] = float(hist.diverged_at_step)
@@ -178,48 +205,54 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
 
 
 class RunLogger:
-    """Opens the run of one job, logs its History in a few batched calls, and always closes
-    it: FINISHED (diverged or not), FAILED with the error as a tag, or KILLED on Ctrl-C."""
+    """Opens the run of one job, logs it in a few batched calls (tags at creation; params,
+    metrics and tags in one log_batch; artifacts in one upload), and always closes it:
+    FINISHED (diverged or not), FAILED with the error as a tag, or KILLED on Ctrl-C/SIGTERM."""
 
-    def __init__(self, cfg: DictConfig, parent_run_id: str | None = None,
-                 overrides: list[str] | None = None):
+    def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
         self.cfg, self.uri = cfg, tracking_uri(cfg)
         self.client = get_client(self.uri)
         self.experiment_id = ensure_experiment(self.client, cfg.tracking.experiment, self.uri)
-        self.parent_run_id, self.overrides = parent_run_id, overrides or []
+        self.overrides = overrides or []
         self.run_id: str | None = None
 
     def start(self) -> str:
-        tags = run_tags(self.cfg, self.parent_run_id)
-        run = with_retry(lambda: self.client.create_run(
-            self.experiment_id, run_name=run_name(self.cfg), tags=tags))
-        self.run_id = run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
-        with_retry(lambda: self.client.log_batch(run_id, params=params))
-        resolved = OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg)))
-        with_retry(lambda: self.client.log_text(run_id, resolved, "config.yaml"))
-        with_retry(lambda: self.client.log_text(
-            run_id, OmegaConf.to_yaml(OmegaConf.create(self.overrides)), "overrides.yaml"))
-        return run_id
+        run = with_retry(
+            self.client.create_run,
+            self.experiment_id,
+            run_name=run_name(self.cfg),
+            tags=run_tags(self.cfg),
+        )
+        self.run_id = run.info.run_id
+        return self.run_id
 
     def finish(self, hist: History) -> None:
-        assert self.run_id is not None
-        run_id = self.run_id
         metrics = history_metrics(hist, int(time.time() * 1000))
-        tags = [RunTag("diverged", str(hist.diverged).lower())]
-        with_retry(lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
-        self._end(RunStatus.FINISHED)
+        self._close(RunStatus.FINISHED, metrics, {"diverged": str(hist.diverged).lower()})
 
     def fail(self, exc: BaseException) -> None:
         if self.run_id is None:
             return
-        killed = isinstance(exc, KeyboardInterrupt)
-        if not killed:
-            run_id = self.run_id
-            with_retry(lambda: self.client.set_tag(run_id, "error", repr(exc)[:5000]))
-        self._end(RunStatus.KILLED if killed else RunStatus.FAILED)
+        if isinstance(exc, KeyboardInterrupt):
+            self._close(RunStatus.KILLED, [], {"error": "interrupted"})
+        else:
+            self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
 
-    def _end(self, status: int) -> None:
+    def artifacts(self) -> dict[str, str]:
+        """File name -> text of every artifact of the run."""
+        return {
+            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg))),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(self.overrides)),
+        }
+
+    def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
         run_id = self.run_id
         assert run_id is not None
-        with_retry(lambda: self.client.set_terminated(run_id, RunStatus.to_string(status)))
+        params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
+        run_tags_ = [RunTag(k, v) for k, v in tags.items()]
+        with_retry(self.client.log_batch, run_id, metrics=metrics, params=params, tags=run_tags_)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in self.artifacts().items():
+                (Path(tmp) / name).write_text(text)
+            with_retry(self.client.log_artifacts, run_id, tmp)
+        with_retry(self.client.set_terminated, run_id, RunStatus.to_string(status))

@@ -104,7 +104,10 @@ class Model(Protocol):
 
 
 def data_iter(
-    batch_size: int, features: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+    batch_size: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
     drop_last: bool = False,
 ) -> Iterator[Batch]:
     """d2l's data_iter with a seeded permutation (the DataLoader's order too) and drop_last."""

@@ -22,7 +22,6 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("LINREG_OUTPUTS", str(tmp_path / "hydra"))
-    monkeypatch.delenv("LINREG_PARENT_RUN_ID", raising=False)
     return uri
 
 

@@ -22,9 +22,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize(
-    "override", [f"{g}={o}" for g in GROUPS for o in options(g)]
-)
+@pytest.mark.parametrize("override", [f"{g}={o}" for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(override: str) -> None:
     group, option = override.split("=")
     cfg = compose_cfg(override)
@@ -43,8 +41,16 @@ def test_defaults_are_d2l_3_3() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["model=foo", "loss=foo", "init=foo", "loss.reduction=avg", "optim.lrr=0.1",
-     "optim.lr=abc", "train.batch_size=1.5", "train.epochs=x"],
+    [
+        "model=foo",
+        "loss=foo",
+        "init=foo",
+        "loss.reduction=avg",
+        "optim.lrr=0.1",
+        "optim.lr=abc",
+        "train.batch_size=1.5",
+        "train.epochs=x",
+    ],
 )
 def test_composition_rejects(override: str) -> None:
     with pytest.raises(ConfigCompositionException):
@@ -93,7 +99,10 @@ def test_cli_bad_value_prints_one_line_and_creates_nothing(
 ) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "+optim.lrr=0.1", f"hydra.run.dir={tmp_path}/h"],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -106,4 +115,13 @@ def test_schema_knows_every_yaml_key() -> None:
     # and the resolved config is a plain tree of known leaves.
     tree = OmegaConf.to_container(compose_cfg(), resolve=True, enum_to_str=True)
     assert isinstance(tree, dict) and set(tree) == {
-        "data", "model", "loss", "init", "optim", "train", "tracking", "sweep", "seed"}
+        "data",
+        "model",
+        "loss",
+        "init",
+        "optim",
+        "train",
+        "tracking",
+        "sweep",
+        "seed",
+    }

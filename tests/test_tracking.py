@@ -44,8 +44,15 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert run.info.run_name == "linear-mse-lr0.03-bs10-log_every2-s0"
     # params: every leaf of the resolved config, with dots
     assert run.data.params == {k: str(v) for k, v in flatten(to_container(cfg)).items()}
-    for key in ("optim.lr", "train.batch_size", "model.name", "loss.name", "loss.reduction",
-                "seed", "data.n"):
+    for key in (
+        "optim.lr",
+        "train.batch_size",
+        "model.name",
+        "loss.name",
+        "loss.reduction",
+        "seed",
+        "data.n",
+    ):
         assert key in run.data.params
     assert run.data.params["model.name"] == "linear" and run.data.params["optim.lr"] == "0.03"
     # metrics
@@ -59,7 +66,8 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert run.data.metrics["ols_w_error"] < 5e-3
     w_hat = (run.data.metrics["w_hat.0"], run.data.metrics["w_hat.1"])
     assert math.hypot(w_hat[0] - 2.0, w_hat[1] + 3.4) == pytest.approx(
-        run.data.metrics["w_error"], rel=1e-9)
+        run.data.metrics["w_error"], rel=1e-9
+    )
     # tags
     tags = run.data.tags
     assert tags["model"] == "linear" and tags["loss"] == "mse" and tags["diverged"] == "false"
@@ -85,13 +93,26 @@ def test_config_hash_ignores_tracking_keys_only() -> None:
 def test_run_names_are_distinct_across_keys() -> None:
     from pipeline.tracking import run_name
 
-    names = {run_name(compose_cfg(*o)) for o in [
-        (), ("model=scratch",), ("loss=huber",), ("loss.reduction=sum",), ("optim.lr=0.1",),
-        ("train.batch_size=100",), ("seed=1",), ("init=zeros",), ("data.n=50",),
-        ("data=outliers",), ("train.drop_last=true",)]}
+    names = {
+        run_name(compose_cfg(*o))
+        for o in [
+            (),
+            ("model=scratch",),
+            ("loss=huber",),
+            ("loss.reduction=sum",),
+            ("optim.lr=0.1",),
+            ("train.batch_size=100",),
+            ("seed=1",),
+            ("init=zeros",),
+            ("data.n=50",),
+            ("data=outliers",),
+            ("train.drop_last=true",),
+        ]
+    }
     assert len(names) == 11
     assert run_name(compose_cfg("model=scratch", "loss=squared", "init=zeros")) == (
-        "scratch-squared-lr0.03-bs10-zeros-s0")
+        "scratch-squared-lr0.03-bs10-zeros-s0"
+    )
 
 
 def test_divergence_is_tagged_and_logs_no_inf(client: mlflow.MlflowClient) -> None:
@@ -134,9 +155,18 @@ def test_ctrl_c_ends_the_run_killed(
 def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path) -> None:
     # a slow job (B=1, many epochs) that we terminate once its run exists
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "train.batch_size=1", "train.epochs=1000",
-         f"hydra.run.dir={tmp_path}/h"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train.batch_size=1",
+            "train.epochs=1000",
+            f"hydra.run.dir={tmp_path}/h",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -150,9 +180,18 @@ def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path
 
 def test_cli_runs_the_default_job(client: mlflow.MlflowClient, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "model=scratch", "loss=squared",
-         f"hydra.run.dir={tmp_path}/h"],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "model=scratch",
+            "loss=squared",
+            f"hydra.run.dir={tmp_path}/h",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     run = only_run(client)

@@ -53,10 +53,10 @@ def test_sum_with_lr_over_b_reproduces_mean(model: str, batch_size: int) -> None
     total = train(compose_cfg(*common, "loss.reduction=sum", f"optim.lr={0.03 / batch_size}"))
     np.testing.assert_allclose(curves(total), curves(mean), rtol=1e-5)
     # the summed loss is n times the mean on the full data, B times on a batch
-    np.testing.assert_allclose(total.epochs["train_loss"], np.array(mean.epochs["train_loss"])
-                               * 1000, rtol=1e-5)
-    np.testing.assert_allclose(total.batch_loss, np.array(mean.batch_loss) * batch_size,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        total.epochs["train_loss"], np.array(mean.epochs["train_loss"]) * 1000, rtol=1e-5
+    )
+    np.testing.assert_allclose(total.batch_loss, np.array(mean.batch_loss) * batch_size, rtol=1e-5)
 
 
 def test_unscaled_sum_is_a_much_larger_step() -> None:
@@ -85,8 +85,11 @@ def test_partial_batch_mean_divides_by_real_length() -> None:
 
 @pytest.mark.parametrize("model", ["scratch", "linear"])
 def test_drop_last_drops_the_partial_batch(model: str) -> None:
-    h = train(compose_cfg(f"model={model}", "train.batch_size=300", "train.drop_last=true",
-                          "train.epochs=2"))
+    h = train(
+        compose_cfg(
+            f"model={model}", "train.batch_size=300", "train.drop_last=true", "train.epochs=2"
+        )
+    )
     assert h.updates == 6
     same = train(compose_cfg(f"model={model}", "train.batch_size=250", "train.drop_last=true"))
     keep = train(compose_cfg(f"model={model}", "train.batch_size=250"))

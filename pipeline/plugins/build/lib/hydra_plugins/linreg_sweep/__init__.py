@@ -1,0 +1,36 @@
+"""Hydra plugins of linreg-sweep. Hydra only loads plugins from the ``hydra_plugins``
+namespace, so these thin public classes live here and the work is done in ``pipeline``.
+Installed (non-editable) from pipeline/plugins by ``make install``; being thin, the installed
+copy never goes stale when the pipeline code changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from pipeline.sweep import GridsSweeperConf, GridsSweeperImpl
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="grids", node=GridsSweeperConf, provider="linreg_sweep"
+)
+
+
+class GridsSweeper(Sweeper):
+    """Runs the union of several basic-sweeper grids, skipping configs already run."""
+
+    def __init__(
+        self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
+    ) -> None:
+        self.sweeper = GridsSweeperImpl(grids=grids, max_batch_size=max_batch_size)
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        return self.sweeper.sweep(arguments)

@@ -1,0 +1,408 @@
+"""Sweeps: the ``grids`` sweeper (private implementation) and the sweep callback.
+
+A preset in ``conf/sweep/`` names one or more *grids*; each grid is a basic-sweeper parameter
+dict whose cartesian product is taken, and the sweep runs the union of the grids (so ``faq``
+is just every preset at once). Before anything is written the sweeper composes every job,
+validates it and hashes it; jobs whose ``config_hash`` already has a FINISHED run are skipped
+(cached), so an interrupted sweep resumes where it stopped. The sweep owns one MLflow parent
+run; every job it launches gets an explicit ``mlflow.parentRunId`` tag, whichever process runs
+it. The summary is read back from MLflow, not from the launcher's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import pandas as pd
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
+from hydra.experimental.callback import Callback
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config import ConfigError, validate
+from pipeline.tracking import config_hash, ensure_experiment, get_client, tracking_uri, with_retry
+
+log = logging.getLogger("pipeline.sweep")
+
+
+@dataclass
+class GridsSweeperConf:
+    _target_: str = "hydra_plugins.linreg_sweep.GridsSweeper"
+    # grid name -> {config key: comma-separated values, or one ${...} derived value};
+    # the sweep is the union of the grids' cartesian products
+    grids: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # jobs handed to the launcher at once; null = all of them
+    max_batch_size: int | None = None
+
+
+@dataclass
+class Job:
+    grid: str  # the preset grid it came from ("cli" for plain command-line sweeps)
+    overrides: list[str]  # Hydra overrides that compose it
+    config_hash: str  # what identifies its result (pipeline.tracking.config_hash)
+    cached_run: str | None = None  # id of an existing FINISHED run with the same hash
+
+
+# --- reading runs back ------------------------------------------------------------------------
+
+
+def search_all(
+    client: mlflow.MlflowClient, experiment_id: str, filter_string: str = ""
+) -> list[Run]:
+    """Every run matching the filter, following MLflow's pages."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = with_retry(
+            client.search_runs, [experiment_id], filter_string, max_results=5000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def finished_by_hash(client: mlflow.MlflowClient, experiment_id: str) -> dict[str, Run]:
+    """The newest FINISHED run of each config_hash in the experiment."""
+    out: dict[str, Run] = {}
+    for run in search_all(client, experiment_id, "attributes.status = 'FINISHED'"):
+        h = run.data.tags.get("config_hash")
+        if h and (h not in out or run.info.start_time > out[h].info.start_time):
+            out[h] = run
+    return out
+
+
+def mark_stale_runs(client: mlflow.MlflowClient, experiment_id: str) -> int:
+    """RUNNING runs started on this host by a process that is gone (SIGKILL, power loss) are
+    marked KILLED: MLflow has no heartbeat, so nothing else would ever close them."""
+    host, stale = socket.gethostname(), 0
+    for run in search_all(client, experiment_id, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["pid"]), 0)
+            continue  # still alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        rid = run.info.run_id
+        with_retry(client.set_tag, rid, "error", "stale: its process is gone")
+        with_retry(client.set_terminated, rid, "KILLED")
+        stale += 1
+    return stale
+
+
+# --- the sweeper ------------------------------------------------------------------------------
+
+
+def as_override_value(value: Any) -> str:
+    """A grid value as override text; a ``${...}`` interpolation is quoted: it is one value,
+    resolved in each job's own config."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"'{text}'" if text.startswith("${") else text
+
+
+def expand(
+    grids: dict[str, dict[str, Any]], arguments: list[str], config_loader: Any = None
+) -> list[tuple[str, list[str]]]:
+    """(grid, overrides) of every job: each grid's product (as Hydra's basic sweeper takes
+    it) times the command line's own sweeps; with no grids, just the command line's."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create(config_loader=config_loader)
+    jobs = []
+    for name, params in (grids or {"cli": {}}).items():
+        lines = [f"{k}={as_override_value(v)}" for k, v in params.items()] + list(arguments)
+        for batch in BasicSweeper.split_arguments(parser.parse_overrides(lines), None):
+            jobs += [(name, list(overrides)) for overrides in batch]
+    return jobs
+
+
+def is_group_override(loader: Any, override: Any) -> bool:
+    """Does the override pick a config group option (model=scratch, hydra/launcher=joblib)?"""
+    key = override.key_or_group
+    return bool(override.is_hydra_override()) or bool(loader.repository.group_exists(key))
+
+
+def task_config(full: DictConfig) -> DictConfig:
+    """A job's config as its task function sees it: Hydra's own key removed (as run_job does)."""
+    cfg = copy.deepcopy(full)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class GridsSweeperImpl(Sweeper):
+    def __init__(
+        self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
+    ) -> None:
+        self.grids = {k: dict(v) for k, v in (grids or {}).items()}
+        self.max_batch_size = max_batch_size
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        # Hydra resolved the grids when it instantiated us, against the sweep's base config:
+        # take them raw so that a derived value (``${scaled:0.03,${train.batch_size},1,-1}``)
+        # is resolved in each job's own config instead.
+        raw = OmegaConf.to_container(config.hydra.sweeper.grids, resolve=False)
+        assert isinstance(raw, dict)
+        self.grids = {str(k): dict(v) for k, v in raw.items()}
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    # -- planning: expand, compose, validate, hash, look up the cache
+
+    def plan(self, arguments: list[str]) -> list[Job]:
+        """Compose, validate and hash every job before anything is written."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        assert self.hydra_context is not None and self.config is not None
+        loader = self.hydra_context.config_loader
+        parser = OverridesParser.create(config_loader=loader)
+        # A full Hydra composition costs ~0.2 s. Only overrides that pick a config group change
+        # the defaults list, so compose once per distinct set of group choices and apply the
+        # plain key=value overrides to a copy, as Hydra itself does after composing.
+        composed: dict[tuple[str, ...], DictConfig] = {}
+        jobs = []
+        for grid, overrides in expand(self.grids, arguments, loader):
+            parsed = parser.parse_overrides(overrides)
+            groups = tuple(str(o.input_line) for o in parsed if is_group_override(loader, o))
+            values = [o for o in parsed if not is_group_override(loader, o)]
+            try:
+                if groups not in composed:
+                    composed[groups] = task_config(
+                        loader.load_sweep_config(self.config, list(groups))
+                    )
+                cfg = copy.deepcopy(composed[groups])
+                ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+                validate(cfg)
+            except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
+                line = str(exc).strip().splitlines()[0]
+                print(f"error: {line} (job: {' '.join(overrides)})", file=sys.stderr)
+                raise SystemExit(2) from None
+            jobs.append(Job(grid, overrides, config_hash(cfg)))
+        return jobs
+
+    # -- running
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        assert self.config is not None and self.launcher is not None
+        t0 = time.time()
+        jobs = self.plan(list(arguments))
+        cfg = self.config
+        client = get_client(tracking_uri(cfg))
+        exp_id = ensure_experiment(client, cfg.tracking.experiment, tracking_uri(cfg))
+        finished = {} if cfg.sweep.force else finished_by_hash(client, exp_id)
+        unique: dict[str, Job] = {}
+        for job in jobs:
+            run = finished.get(job.config_hash)
+            job.cached_run = run.info.run_id if run else None
+            unique.setdefault(job.config_hash, job)
+        todo = [j for j in unique.values() if j.cached_run is None]
+        parent = SweepParent(client, exp_id, cfg, jobs, arguments)
+        log.info(
+            f"sweep '{cfg.sweep.name}': {len(unique)} jobs ({len(jobs)} grid cells), "
+            f"{len(unique) - len(todo)} cached, {len(todo)} to run; parent run "
+            f"{parent.run_id}"
+        )
+        extra = [
+            f"tracking.parent_run_id={parent.run_id}",
+            f"sweep.total={len(todo)}",
+            f"sweep.started={t0}",
+        ]
+        results: list[JobReturn] = []
+        try:
+            size = self.max_batch_size or max(len(todo), 1)
+            for start in range(0, len(todo), size):
+                batch = [j.overrides + extra for j in todo[start : start + size]]
+                results += self.launcher.launch(batch, initial_job_idx=start)
+        except BaseException as exc:
+            parent.close(
+                RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
+                time.time() - t0,
+                error=repr(exc),
+            )
+            raise
+        for job, ret in zip(todo, results, strict=True):
+            if ret.status == JobStatus.FAILED:
+                log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
+        summary = parent.summarize(list(unique.values()), todo, time.time() - t0)
+        if (summary["status"][~summary["cached"]] == "failed").any():
+            raise SystemExit(1)
+        return results
+
+
+class SweepParent:
+    """The MLflow parent run of one sweep. A re-run of the same sweep (same set of job
+    hashes) reopens the same parent, so an interrupted sweep finishes under one run."""
+
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        experiment_id: str,
+        cfg: DictConfig,
+        jobs: list[Job],
+        arguments: list[str],
+    ):
+        self.client, self.experiment_id = client, experiment_id
+        hashes = sorted({j.config_hash for j in jobs})
+        self.sweep_hash = hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+        previous = (
+            []
+            if cfg.sweep.force
+            else search_all(client, experiment_id, f"tags.sweep_hash = '{self.sweep_hash}'")
+        )
+        if previous:
+            run = max(previous, key=lambda r: r.info.start_time)
+            self.run_id = run.info.run_id
+            rid = self.run_id
+            with_retry(client.update_run, rid, status="RUNNING")
+            with_retry(client.set_tag, rid, "resumed", "true")
+            return
+        name = f"sweep-{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {
+            "sweep_hash": self.sweep_hash,
+            "sweep": cfg.sweep.name,
+            "sweep_parent": "true",
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "launcher": str(OmegaConf.select(cfg, "hydra.launcher._target_", default="?")),
+        }
+        run = with_retry(client.create_run, experiment_id, run_name=name, tags=tags)
+        self.run_id = rid = run.info.run_id
+        params = [
+            Param("preset", cfg.sweep.name),
+            Param("overrides", " ".join(arguments)[:6000]),
+            Param("n_jobs", str(len(hashes))),
+        ]
+        with_retry(client.log_batch, rid, params=params)
+        table = [
+            {"grid": j.grid, "config_hash": j.config_hash, "overrides": j.overrides} for j in jobs
+        ]
+        with_retry(client.log_text, rid, json.dumps(table, indent=1), "jobs.json")
+
+    def summarize(self, jobs: list[Job], ran: list[Job], wall: float) -> pd.DataFrame:
+        """Print and log the table of every job's run and the counts; close the parent."""
+        found = search_all(
+            self.client, self.experiment_id, f"tags.`mlflow.parentRunId` = '{self.run_id}'"
+        )
+        # a resumed parent may hold an older failed attempt of the same config: newest wins
+        children = {
+            r.data.tags.get("config_hash"): r
+            for r in sorted(found, key=lambda r: r.info.start_time)
+        }
+        ran_hashes = {j.config_hash for j in ran}
+        rows: list[dict[str, Any]] = []
+        for job in jobs:
+            cached = job.config_hash not in ran_hashes
+            run = (
+                self.client.get_run(job.cached_run)
+                if cached and job.cached_run
+                else children.get(job.config_hash)
+            )
+            rows.append(row_of(job, run, cached))
+        df = pd.DataFrame(rows)
+        counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
+        n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
+        n["cached"] = int(df["cached"].sum())
+        with pd.option_context("display.max_rows", None, "display.width", 200):
+            print(df.drop(columns=["run_id"]).to_string(index=False))
+        print(
+            f"sweep: {len(df)} jobs: {n['finished']} finished, {n['diverged']} diverged, "
+            f"{n['failed']} failed, {n['cached']} cached in {wall:.1f}s; "
+            f"parent run {self.run_id}"
+        )
+        rid, now = self.run_id, int(time.time() * 1000)
+        metrics = [Metric(f"n_{k}", float(v), now, 0) for k, v in n.items()]
+        metrics.append(Metric("wall_time_s", wall, now, 0))
+        with_retry(self.client.log_batch, rid, metrics=metrics)
+        with_retry(self.client.log_text, rid, df.to_csv(index=False), "summary.csv")
+        self.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
+        return df
+
+    def close(self, status: int, wall: float, error: str | None = None) -> None:
+        rid = self.run_id
+        tags = [RunTag("error", error[:5000])] if error else []
+        now = int(time.time() * 1000)
+        with_retry(
+            self.client.log_batch, rid, metrics=[Metric("wall_time_s", wall, now, 0)], tags=tags
+        )
+        with_retry(self.client.set_terminated, rid, RunStatus.to_string(status))
+
+
+def row_of(job: Job, run: Run | None, cached: bool) -> dict[str, Any]:
+    if run is None or run.info.status != "FINISHED":
+        status = "failed"
+    else:
+        status = "diverged" if run.data.tags.get("diverged") == "true" else "finished"
+    metrics = run.data.metrics if run else {}
+    return {
+        "grid": job.grid,
+        "run": run.info.run_name if run else "-",
+        "status": status,
+        "cached": cached,
+        "mse": metrics.get("mse"),
+        "w_error": metrics.get("w_error"),
+        "run_id": run.info.run_id if run else None,
+    }
+
+
+# --- the callback -----------------------------------------------------------------------------
+
+
+class SweepCallback(Callback):
+    """Hydra callback of every sweep: prepares the store before any worker starts, closes
+    stale runs, and prints one progress line per job (readable in CI logs)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
+        # migration at once and can corrupt it: create store and experiment here, first.
+        uri = tracking_uri(config)
+        client = get_client(uri)
+        exp_id = ensure_experiment(client, config.tracking.experiment, uri)
+        stale = mark_stale_runs(client, exp_id)
+        if stale:
+            log.warning(f"marked {stale} stale RUNNING run(s) KILLED (their process is gone)")
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        total = config.sweep.total
+        if not total:
+            return
+        done = config.hydra.job.num + 1
+        elapsed = time.time() - config.sweep.started
+        eta = elapsed / done * (total - done)
+        ok = job_return.status == JobStatus.COMPLETED
+        value = job_return._return_value
+        result = f"mse {value:.3g}" if ok and isinstance(value, float) else "FAILED"
+        print(
+            f"[{config.sweep.name}] job {done}/{total} {result} | elapsed {elapsed:.1f}s | "
+            f"ETA {eta:.0f}s",
+            flush=True,
+        )

@@ -1,0 +1,266 @@
+"""Sweeps: presets, parent/child runs, caching and resume, failures, parallel workers."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from mlflow.entities import Run
+from omegaconf import OmegaConf
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.job import run_job
+from pipeline.sweep import SweepCallback, expand
+from tests.conftest import compose_cfg
+
+CONTRACT = {
+    "train_loss",
+    "mse",
+    "w_error",
+    "b_error",
+    "batch_loss",
+    "grad_norm",
+    "ols_w_error",
+    "ols_b_error",
+    "w_hat.0",
+    "w_hat.1",
+    "b_hat",
+    "updates",
+}
+CELLS = {
+    "lr": 24,
+    "batch_size": 12,
+    "reduction": 12,
+    "loss": 6,
+    "init": 6,
+    "data_size": 11,
+    "partial_batch": 8,
+    "seeds": 60,
+    "smoke": 4,
+}
+
+
+def preset_jobs(preset: str) -> list[tuple[str, list[str]]]:
+    cfg = compose_cfg(f"sweep={preset}")  # grids are in the hydra node: compose it too
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        full = compose("config", overrides=[f"sweep={preset}"], return_hydra_config=True)
+    assert cfg.sweep.name == preset
+    grids = OmegaConf.to_container(full.hydra.sweeper.grids, resolve=False)
+    assert isinstance(grids, dict)
+    return expand(grids, [])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("preset", sorted(CELLS))
+def test_each_preset_yields_its_jobs(preset: str) -> None:
+    jobs = preset_jobs(preset)
+    assert len(jobs) == CELLS[preset]
+    for _, overrides in jobs[:3] + jobs[-3:]:  # they compose as jobs
+        assert compose_cfg(*overrides, f"sweep={preset}").sweep.name == preset
+
+
+def test_faq_is_the_union_of_all_presets() -> None:
+    faq = preset_jobs("faq")
+    assert len(faq) == sum(n for p, n in CELLS.items() if p != "smoke")
+    assert 100 <= len({tuple(o) for _, o in faq}) <= 300  # "a few hundred runs"
+
+
+def test_lr_preset_crosses_the_divergence_point() -> None:
+    lrs = {float(o.split("=")[1]) for _, os in preset_jobs("lr") for o in os if "optim.lr" in o}
+    assert min(lrs) == 0.001 and max(lrs) == 3
+    assert train_diverges("optim.lr=3") and not train_diverges("optim.lr=0.001")
+
+
+def train_diverges(*overrides: str) -> bool:
+    from pipeline.train import train
+
+    return train(compose_cfg(*overrides)).diverged
+
+
+def test_derived_values_resolve_in_each_job() -> None:
+    sums = [os for g, os in preset_jobs("reduction") if g == "reduction_sum_scaled"]
+    for overrides in sums:
+        cfg = compose_cfg(*overrides)
+        assert cfg.optim.lr == pytest.approx(0.03 / cfg.train.batch_size)
+    for _, overrides in preset_jobs("data_size"):
+        cfg = compose_cfg(*overrides)
+        assert cfg.train.batch_size == min(10, cfg.data.n)
+        assert cfg.train.epochs * math.ceil(cfg.data.n / cfg.train.batch_size) >= 3000
+
+
+# --- running sweeps ---------------------------------------------------------------------------
+
+
+def sweep_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", f"hydra.sweep.dir={tmp_path}/multirun", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=600,
+    )
+
+
+def all_runs(client: mlflow.MlflowClient) -> list[Run]:
+    exp = client.get_experiment_by_name("linreg")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    parents = [r for r in runs if r.data.tags.get("sweep_parent") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_smoke_sweep_then_identical_rerun(tmp_path: Path, client: mlflow.MlflowClient) -> None:
+    first = sweep_cli(tmp_path, "sweep=smoke")
+    assert first.returncode == 0, first.stderr
+    parents, children = split(all_runs(client))
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep-smoke-")
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        diverged = child.data.tags["diverged"] == "true"
+        assert diverged == (child.data.params["optim.lr"] == "5.0")
+        missing = CONTRACT - set(child.data.metrics)
+        assert missing <= ({"train_loss", "mse", "w_error", "b_error"} if diverged else set())
+    m = parent.data.metrics
+    assert (m["n_finished"], m["n_diverged"], m["n_failed"], m["n_cached"]) == (2, 2, 0, 0)
+    assert parent.data.params["preset"] == "smoke"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "jobs.json",
+        "summary.csv",
+    }
+    assert "2 finished, 2 diverged, 0 failed, 0 cached" in first.stdout
+    for n in range(1, 5):
+        assert f"job {n}/4" in first.stdout
+
+    second = sweep_cli(tmp_path, "sweep=smoke")
+    assert second.returncode == 0, second.stderr
+    assert "0 finished, 0 diverged, 0 failed, 4 cached" in second.stdout
+    runs = all_runs(client)
+    assert len(runs) == 5  # no new run: not even a parent
+    assert split(runs)[0][0].data.metrics["n_cached"] == 4
+
+
+def run_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> Any:
+    """The Hydra app in this process (so monkeypatches reach the jobs of the basic launcher)."""
+    from pipeline.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["pipeline", "-m", f"hydra.sweep.dir={tmp_path}/mr", *args])
+    GlobalHydra.instance().clear()
+    try:
+        return main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_a_failing_job_does_not_stop_the_sweep(
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pipeline.job
+
+    real_train = pipeline.job.train
+
+    def flaky(cfg: Any, **kwargs: Any) -> Any:
+        if cfg.model.name.value == "scratch":
+            raise RuntimeError("scratch exploded")
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(pipeline.job, "train", flaky)
+    with pytest.raises(SystemExit) as exc:
+        run_app(monkeypatch, tmp_path, "sweep=smoke")
+    assert exc.value.code == 1
+    parents, children = split(all_runs(client))
+    status = sorted((c.data.params["model.name"], c.info.status) for c in children)
+    assert status == [("linear", "FINISHED")] * 2 + [("scratch", "FAILED")] * 2
+    assert all(
+        "scratch exploded" in c.data.tags["error"] for c in children if c.info.status == "FAILED"
+    )
+    parent = parents[0]
+    assert parent.info.status == "FAILED"
+    assert (parent.data.metrics["n_failed"], parent.data.metrics["n_finished"]) == (2, 1)
+    assert "1 finished, 1 diverged, 2 failed, 0 cached" in capsys.readouterr().out
+
+    # the re-run retries only the failed jobs
+    monkeypatch.setattr(pipeline.job, "train", real_train)
+    run_app(monkeypatch, tmp_path, "sweep=smoke")
+    parents, children = split(all_runs(client))
+    assert len(parents) == 1 and len(children) == 6  # same parent, resumed
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["resumed"] == "true"
+
+
+def test_sweep_skips_what_is_already_done_unless_forced(
+    tmp_path: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_job(compose_cfg())  # the default config is one of smoke's cells
+    run_app(monkeypatch, tmp_path, "sweep=smoke")
+    parents, children = split(all_runs(client))
+    assert len(children) == 3 and parents[0].data.metrics["n_cached"] == 1
+    run_app(monkeypatch, tmp_path, "sweep=smoke", "sweep.force=true")
+    parents, children = split(all_runs(client))
+    assert len(parents) == 2 and len(children) == 7
+
+
+def test_bad_value_in_a_sweep_writes_no_run(tmp_path: Path, client: mlflow.MlflowClient) -> None:
+    proc = sweep_cli(tmp_path, "sweep=smoke", "train.batch_size=0,10")
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "train.batch_size=0" in errors[0]
+    assert all_runs(client) == []
+
+
+def test_stale_running_runs_are_marked_killed(client: mlflow.MlflowClient) -> None:
+    import socket
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    exp = client.create_experiment("linreg")
+    stale = client.create_run(exp, tags={"host": socket.gethostname(), "pid": dead.stdout.strip()})
+    alive = client.create_run(
+        exp, tags={"host": socket.gethostname(), "pid": str(__import__("os").getpid())}
+    )
+    SweepCallback().on_multirun_start(compose_cfg())
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_joblib_sweep_into_a_fresh_store(tmp_path: Path, client: mlflow.MlflowClient) -> None:
+    proc = sweep_cli(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "model=linear,scratch",
+        "optim.lr=0.01,0.02,0.03,0.05",
+        "seed=0,1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parents, children = split(all_runs(client))
+    assert len(parents) == 1 and len(children) == 16
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert len({c.data.tags["pid"] for c in children}) >= 2  # really in other processes
+    for child in children:
+        assert child.info.status == "FINISHED" and CONTRACT <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "batch_loss")) == 300
+    # the store is still usable, and the same runs as the basic launcher would give
+    run_job(compose_cfg("model=scratch", "optim.lr=0.02", "seed=1", "tracking.run_name=check"))
+    check = [r for r in all_runs(client) if r.info.run_name == "check"][0]
+    twin = [c for c in children if c.info.run_name == "scratch-mse-lr0.02-bs10-s1"][0]
+    assert check.data.metrics["mse"] == twin.data.metrics["mse"]
