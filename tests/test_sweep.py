@@ -257,7 +257,7 @@ def test_joblib_sweep_into_a_fresh_store(tmp_path: Path, client: mlflow.MlflowCl
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert len({c.data.tags["pid"] for c in children}) >= 2  # really in other processes
     for child in children:
-        assert child.info.status == "FINISHED" and CONTRACT <= set(child.data.metrics)
+        assert child.info.status == "FINISHED" and set(child.data.metrics) >= CONTRACT
         assert len(client.get_metric_history(child.info.run_id, "batch_loss")) == 300
     # the store is still usable, and the same runs as the basic launcher would give
     run_job(compose_cfg("model=scratch", "optim.lr=0.02", "seed=1", "tracking.run_name=check"))
