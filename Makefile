@@ -12,8 +12,9 @@ PIP_QUIET := --quiet --disable-pip-version-check
 SWEEP ?= faq
 LAUNCHER ?= basic
 PORT ?= 5000
+SWEEP_RUN ?= latest
 
-.PHONY: help install train sweep ui test lint clean
+.PHONY: help install train sweep report ui test lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +36,9 @@ train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratc
 
 sweep: $(STAMP) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|seeds|smoke LAUNCHER=basic|joblib ARGS="..."
 	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
+
+report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run
+	$(PY) -m pipeline.report --sweep $(SWEEP_RUN)
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(PORT) over $$MLFLOW_TRACKING_URI (default mlruns/)
 	$(PY) -m pipeline.ui --port $(PORT)

@@ -256,3 +256,12 @@ class RunLogger:
                 (Path(tmp) / name).write_text(text)
             with_retry(self.client.log_artifacts, run_id, tmp)
         with_retry(self.client.set_terminated, run_id, RunStatus.to_string(status))
+
+
+def load_run_config(client: mlflow.MlflowClient, run_id: str) -> DictConfig:
+    """The resolved config a run logged (its config.yaml artifact), typed by the schema."""
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), loaded)
+    assert isinstance(cfg, DictConfig)
+    return cfg

@@ -1,0 +1,181 @@
+"""The FAQ report: sections present where runs are, numbers equal to what the runs hold."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.data import make_generators
+from pipeline.report import build_report
+from pipeline.train import make_problem
+from tests.conftest import compose_cfg
+
+# The real presets' grid names with fewer cells, so the test sweep takes seconds.
+SMALL_PRESET = """\
+# @package _global_
+sweep:
+  name: report_small
+hydra:
+  sweeper:
+    grids:
+      lr:
+        model: linear
+        optim.lr: 0.03,0.3,3
+      reduction_mean:
+        model: linear
+        optim.lr: 0.03
+      reduction_sum_scaled:
+        model: linear
+        loss.reduction: sum
+        optim.lr: ${scaled:0.03,${train.batch_size},1,-1}
+      reduction_sum_unscaled:
+        model: linear
+        train.batch_size: 100
+        loss.reduction: sum
+        optim.lr: 0.03
+      loss:
+        loss: mse,huber
+        data: outliers
+"""
+
+
+@pytest.fixture
+def small_sweep(tmp_path: Path, client: mlflow.MlflowClient) -> mlflow.entities.Run:
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "report_small.yaml").write_text(SMALL_PRESET)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "-m",
+            "sweep=report_small",
+            f"hydra.searchpath=[file://{tmp_path}/conf]",
+            f"hydra.sweep.dir={tmp_path}/mr",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = client.get_experiment_by_name("linreg")
+    parents = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
+    assert len(parents) == 1
+    return parents[0]
+
+
+def runs_of(client: mlflow.MlflowClient, parent: mlflow.entities.Run) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+
+
+def test_report_numbers_come_from_the_runs(
+    small_sweep: mlflow.entities.Run, client: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    markdown, sections = build_report("latest", tmp_path / "report")
+    by_key = {s.key: s for s in sections}
+    runs = runs_of(client, small_sweep)
+    lr_runs = [
+        r
+        for r in runs
+        if r.data.tags["sweep"] == "report_small"
+        and r.data.params["loss.reduction"] == "mean"
+        and r.data.params["data.outliers.fraction"] == "0.0"
+    ]
+
+    # 1. learning rate: the largest stable lr, the first diverging one, and the bound
+    lr = by_key["lr"].numbers
+    stable = [
+        float(r.data.params["optim.lr"]) for r in lr_runs if r.data.tags["diverged"] == "false"
+    ]
+    diverged = [
+        float(r.data.params["optim.lr"]) for r in lr_runs if r.data.tags["diverged"] == "true"
+    ]
+    assert lr["largest_stable_lr.linear"] == max(stable) == 0.3
+    assert lr["first_diverged_lr"] == min(diverged) == 3.0
+    cfg = compose_cfg()
+    p = make_problem(cfg, make_generators(0))
+    A = np.c_[p.X.numpy(), np.ones(len(p.X))]
+    assert lr["bound"] == pytest.approx(2 / np.linalg.eigvalsh(2 / len(A) * A.T @ A).max())
+    assert f"{lr['bound']:.3g}" in markdown
+
+    # 3. reduction: max |delta| over every epoch between mean and sum with lr/B
+    def hist(run: mlflow.entities.Run, key: str) -> np.ndarray:
+        return np.array(
+            [
+                m.value
+                for m in sorted(
+                    client.get_metric_history(run.info.run_id, key), key=lambda m: m.step
+                )
+            ]
+        )
+
+    mean = next(
+        r
+        for r in runs
+        if r.data.params["loss.reduction"] == "mean"
+        and r.data.params["optim.lr"] == "0.03"
+        and r.data.params["data.outliers.fraction"] == "0.0"
+    )
+    total = next(r for r in runs if r.data.params["optim.lr"] == "0.003")
+    expected = max(
+        float(np.abs(hist(mean, k) - hist(total, k)).max()) for k in ("mse", "w_error", "b_error")
+    )
+    assert by_key["reduction"].numbers["max_abs_delta"] == expected < 1e-9
+    unscaled = next(r for r in runs if r.data.params["train.batch_size"] == "100")
+    assert unscaled.data.tags["diverged"] == "true"
+    assert f"diverged at update {int(unscaled.data.metrics['diverged_at_step'])}" in markdown
+
+    # 4. per-sample gradients: the mean of per-sample gradients is the batch gradient
+    assert by_key["per_sample"].numbers["max_abs_delta"] < 1e-12
+
+    # 5. Huber vs MSE on outliers: the runs' own w_error
+    huber = next(r for r in runs if r.data.params["loss.name"] == "huber")
+    mse = next(
+        r
+        for r in runs
+        if r.data.params["loss.name"] == "mse" and r.data.params["data.outliers.fraction"] != "0.0"
+    )
+    assert by_key["huber"].numbers["w_error.outliers.huber"] == huber.data.metrics["w_error"]
+    assert by_key["huber"].numbers["w_error.outliers.mse"] == mse.data.metrics["w_error"]
+
+    # 8. Newton: one step reaches the least-squares solution
+    assert by_key["newton"].numbers["newton_w_error"] == pytest.approx(
+        mean.data.metrics["ols_w_error"], rel=1e-6
+    )
+
+    # missing presets say how to produce them
+    for key, preset in [
+        ("batch_size", "batch_size"),
+        ("init", "init"),
+        ("data_size", "data_size"),
+        ("partial_batch", "partial_batch"),
+    ]:
+        assert by_key[key].missing
+        assert f"make sweep SWEEP={preset}" in markdown
+    for key in ("lr", "reduction", "per_sample", "huber", "newton"):
+        assert not by_key[key].missing and by_key[key].answer
+
+    # the report is on the parent run
+    files = {a.path for a in client.list_artifacts(small_sweep.info.run_id, "report")}
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/lr.png",
+        "report/reduction.png",
+        "report/huber.png",
+    } <= files
+    assert (tmp_path / "report" / "report.md").read_text() == markdown
+
+
+def test_report_without_a_sweep_says_so(client: mlflow.MlflowClient) -> None:
+    with pytest.raises(SystemExit, match="no sweep"):
+        build_report("latest")
