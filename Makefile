@@ -14,7 +14,7 @@ LAUNCHER ?= basic
 PORT ?= 5000
 SWEEP_RUN ?= latest
 
-.PHONY: help install train sweep report ui test lint clean
+.PHONY: help install train sweep report rerun ui test lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ sweep: $(STAMP) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|da
 
 report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run
 	$(PY) -m pipeline.report --sweep $(SWEEP_RUN)
+
+rerun: $(STAMP) ## rerun a logged run and compare: RUN=<run id>, or SWEEP_RUN=<parent run id>
+	$(PY) -m pipeline.rerun $(if $(RUN),$(RUN),--sweep $(SWEEP_RUN))
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(PORT) over $$MLFLOW_TRACKING_URI (default mlruns/)
 	$(PY) -m pipeline.ui --port $(PORT)

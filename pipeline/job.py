@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from types import FrameType
 
+import torch
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
@@ -45,12 +46,15 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
     )
 
 
-def run_job(cfg: DictConfig, overrides: list[str] | None = None) -> float:
+def run_job(
+    cfg: DictConfig, overrides: list[str] | None = None, tags: dict[str, str] | None = None
+) -> float:
     """Train ``cfg`` and log it as one MLflow run; returns the final full-data MSE (inf when
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
     register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
     validate(cfg)
-    logger = RunLogger(cfg, overrides)
+    torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
+    logger = RunLogger(cfg, overrides, tags)
     run_id = logger.start()
     in_sweep = cfg.sweep.total > 0  # a sweep prints one progress line per job instead
     if not in_sweep:

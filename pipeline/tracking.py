@@ -7,19 +7,24 @@ state, so sweep callbacks and jobs in other processes can nest runs by id).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import platform
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hydra
 import mlflow
+import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -154,6 +159,55 @@ def run_name(cfg: DictConfig) -> str:
     return "-".join(parts)
 
 
+@dataclass(frozen=True)
+class GitState:
+    commit: str  # HEAD, or "unknown" outside a git checkout
+    dirty: bool  # uncommitted changes to tracked files
+    diff: str  # `git diff HEAD` when dirty
+
+
+@functools.cache
+def git_state() -> GitState:
+    """The code version, read once per process (the code does not change under a job)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        return GitState(commit, dirty, git("diff", "HEAD") if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return GitState("unknown", False, "")
+
+
+# Tags that say which code and packages produced a run: a rerun warns when they differ.
+VERSION_TAGS = (
+    "git_commit",
+    "git_dirty",
+    "python_version",
+    "torch_version",
+    "numpy_version",
+    "mlflow_version",
+    "hydra_version",
+)
+
+
+def version_tags() -> dict[str, str]:
+    git = git_state()
+    return {
+        "git_commit": git.commit,
+        "git_dirty": str(git.dirty).lower(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "mlflow_version": mlflow.__version__,
+        "hydra_version": hydra.__version__,
+    }
+
+
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     tags = {
         "model": cfg.model.name.value,
@@ -161,12 +215,15 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "reduction": cfg.loss.reduction.value,
         "config_hash": config_hash(cfg),
         "sweep": cfg.sweep.name,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "mlflow_version": mlflow.__version__,
+        **version_tags(),
+        # what makes a CPU run bit-reproducible: explicit generators seeded from `seed`,
+        # deterministic kernels, and the same thread count (it can change reduction order)
+        "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+        "torch_num_threads": str(torch.get_num_threads()),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
         "mlflow.source.name": "pipeline",
+        "mlflow.source.git.commit": git_state().commit,
     }
     if cfg.tracking.parent_run_id:  # explicit, so nesting holds for jobs in other processes
         tags[MLFLOW_PARENT_RUN_ID] = cfg.tracking.parent_run_id
@@ -209,8 +266,14 @@ class RunLogger:
     metrics and tags in one log_batch; artifacts in one upload), and always closes it:
     FINISHED (diverged or not), FAILED with the error as a tag, or KILLED on Ctrl-C/SIGTERM."""
 
-    def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        overrides: list[str] | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ):
         self.cfg, self.uri = cfg, tracking_uri(cfg)
+        self.extra_tags = extra_tags or {}
         self.client = get_client(self.uri)
         self.experiment_id = ensure_experiment(self.client, cfg.tracking.experiment, self.uri)
         self.overrides = overrides or []
@@ -221,7 +284,7 @@ class RunLogger:
             self.client.create_run,
             self.experiment_id,
             run_name=run_name(self.cfg),
-            tags=run_tags(self.cfg),
+            tags={**run_tags(self.cfg), **self.extra_tags},
         )
         self.run_id = run.info.run_id
         return self.run_id
@@ -240,10 +303,13 @@ class RunLogger:
 
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
-        return {
+        files = {
             "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg))),
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(self.overrides)),
         }
+        if git_state().dirty:
+            files["git.diff"] = git_state().diff
+        return files
 
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
         run_id = self.run_id
