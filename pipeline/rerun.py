@@ -105,21 +105,14 @@ def rerun(client: mlflow.MlflowClient, run_id: str) -> tuple[Run, pd.DataFrame]:
     for warning in version_warnings(original):
         print(f"warning: {warning}", file=sys.stderr)
     run_job(cfg, overrides, tags={"rerun_of": run_id})
-    exp_id = original.info.experiment_id
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert exp is not None  # run_job just logged into it
     new = client.search_runs(
-        [exp_id],
+        [exp.experiment_id],
         f"tags.rerun_of = '{run_id}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if not new:  # the rerun logged to another experiment of today's store
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        new = client.search_runs(
-            [exp.experiment_id],
-            f"tags.rerun_of = '{run_id}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
     return new[0], compare(client, original, new[0])
 
 
