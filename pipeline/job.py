@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
 from pipeline.tracking import RunLogger
-from pipeline.train import train
+from pipeline.train import History, train
 
 log = logging.getLogger("pipeline")
 
@@ -71,4 +71,18 @@ def run_job(
             f"WARNING: diverged at update {hist.diverged_at_step} "
             f"(optim.lr={cfg.optim.lr}); run {run_id} is tagged diverged=true"
         )
+    return hist.final_mse
+
+
+def log_trained(cfg: DictConfig, hist: History, overrides: list[str] | None = None) -> float:
+    """Log a config that was trained elsewhere (the stacked launcher) as one run, with the
+    same contract as :func:`run_job`; returns what run_job would."""
+    validate(cfg)
+    logger = RunLogger(cfg, overrides)
+    logger.start()
+    try:
+        logger.finish(hist)
+    except BaseException as exc:
+        logger.fail(exc)
+        raise
     return hist.final_mse

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,34 @@ def task_config(full: DictConfig) -> DictConfig:
     return cfg
 
 
+class JobComposer:
+    """A job's task config from its overrides, as the launcher would compose it.
+
+    A full Hydra composition costs ~0.2 s. Only overrides that pick a config group change the
+    defaults list, so compose once per distinct set of group choices and apply the plain
+    key=value overrides to a copy, as Hydra itself does after composing."""
+
+    def __init__(self, loader: Any, master_config: DictConfig):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.loader, self.master_config = loader, master_config
+        self.parser = OverridesParser.create(config_loader=loader)
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, overrides: Sequence[str]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        parsed = self.parser.parse_overrides(list(overrides))
+        groups = tuple(str(o.input_line) for o in parsed if is_group_override(self.loader, o))
+        values = [o for o in parsed if not is_group_override(self.loader, o)]
+        if groups not in self.composed:
+            full = self.loader.load_sweep_config(self.master_config, list(groups))
+            self.composed[groups] = task_config(full)
+        cfg = copy.deepcopy(self.composed[groups])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return cfg
+
+
 class GridsSweeperImpl(Sweeper):
     def __init__(
         self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
@@ -180,28 +209,12 @@ class GridsSweeperImpl(Sweeper):
 
     def plan(self, arguments: list[str]) -> list[Job]:
         """Compose, validate and hash every job before anything is written."""
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
-        parser = OverridesParser.create(config_loader=loader)
-        # A full Hydra composition costs ~0.2 s. Only overrides that pick a config group change
-        # the defaults list, so compose once per distinct set of group choices and apply the
-        # plain key=value overrides to a copy, as Hydra itself does after composing.
-        composed: dict[tuple[str, ...], DictConfig] = {}
+        compose = JobComposer(self.hydra_context.config_loader, self.config)
         jobs = []
-        for grid, overrides in expand(self.grids, arguments, loader):
-            parsed = parser.parse_overrides(overrides)
-            groups = tuple(str(o.input_line) for o in parsed if is_group_override(loader, o))
-            values = [o for o in parsed if not is_group_override(loader, o)]
+        for grid, overrides in expand(self.grids, arguments, self.hydra_context.config_loader):
             try:
-                if groups not in composed:
-                    composed[groups] = task_config(
-                        loader.load_sweep_config(self.config, list(groups))
-                    )
-                cfg = copy.deepcopy(composed[groups])
-                ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+                cfg = compose(overrides)
                 validate(cfg)
             except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
                 line = str(exc).strip().splitlines()[0]

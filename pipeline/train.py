@@ -252,6 +252,12 @@ def evaluate(model: Model, p: Problem) -> dict[str, float]:
         }
 
 
+def divergence_limit(cfg: DictConfig, initial_loss: float) -> float:
+    """In float64 an exploding loss takes many updates to overflow: a batch loss above
+    divergence_ratio times the starting loss (on a scale of at least 1) counts as diverged."""
+    return float(cfg.train.divergence_ratio * max(initial_loss, 1.0))
+
+
 def train_epoch(
     model: Model, p: Problem, hist: History, log_every: int, limit: float = math.inf
 ) -> bool:
@@ -294,13 +300,11 @@ def train(
             on_epoch(epoch, metrics)
         return True
 
-    record(0)
-    # In float64 an exploding loss takes many updates to overflow; call it diverged once a batch
-    # loss is divergence_ratio times the starting loss (on a scale of at least 1).
-    limit = cfg.train.divergence_ratio * max(hist.epochs["train_loss"][0], 1.0)
-    for epoch in range(1, cfg.train.epochs + 1):
-        if not (train_epoch(model, p, hist, cfg.train.log_every, limit) and record(epoch)):
-            break
+    if record(0):
+        limit = divergence_limit(cfg, hist.epochs["train_loss"][0])
+        for epoch in range(1, cfg.train.epochs + 1):
+            if not (train_epoch(model, p, hist, cfg.train.log_every, limit) and record(epoch)):
+                break
 
     w, b = model.params()
     hist.w_hat, hist.b_hat = [float(v) for v in w], float(b)

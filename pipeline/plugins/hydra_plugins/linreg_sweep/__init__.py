@@ -5,17 +5,26 @@ copy never goes stale when the pipeline code changes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+# (the config dataclasses live in pipeline: Hydra's plugin scanner runs this module before it
+# is in sys.modules, where @dataclass cannot resolve postponed annotations)
+from pipeline.launcher import StackedLauncherConf, StackedLauncherImpl
 from pipeline.sweep import GridsSweeperConf, GridsSweeperImpl
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="grids", node=GridsSweeperConf, provider="linreg_sweep"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="linreg_sweep"
 )
 
 
@@ -34,3 +43,20 @@ class GridsSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         return self.sweeper.sweep(arguments)
+
+
+class StackedLauncher(Launcher):
+    """Trains the jobs that share data and batch schedule as one stacked computation."""
+
+    def __init__(self) -> None:
+        self.launcher = StackedLauncherImpl()
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        return self.launcher.launch(job_overrides, initial_job_idx)
