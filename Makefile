@@ -10,11 +10,11 @@ PIP_QUIET := --quiet --disable-pip-version-check
 .DEFAULT_GOAL := help
 
 SWEEP ?= faq
-LAUNCHER ?= basic
+LAUNCHER ?= stacked
 PORT ?= 5000
 SWEEP_RUN ?= latest
 
-.PHONY: help install train sweep report rerun ui test lint clean
+.PHONY: help install train sweep report rerun ui bench test lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ install: $(STAMP) ## create .venv: torch==2.13.0 (CPU), then this package with d
 train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratch ..." for overrides
 	$(PY) -m pipeline $(ARGS)
 
-sweep: $(STAMP) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|seeds|smoke LAUNCHER=basic|joblib ARGS="..."
+sweep: $(STAMP) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|seeds|smoke LAUNCHER=stacked|basic|joblib ARGS="..."
 	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
 report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run
@@ -45,6 +45,9 @@ rerun: $(STAMP) ## rerun a logged run and compare: RUN=<run id>, or SWEEP_RUN=<p
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(PORT) over $$MLFLOW_TRACKING_URI (default mlruns/)
 	$(PY) -m pipeline.ui --port $(PORT)
+
+bench: $(STAMP) ## wall times and ratios: seeds' loops vs ours, MLflow floor, sweeps end to end
+	$(PY) -m pipeline.bench $(ARGS)
 
 test: $(STAMP) ## run the test suite (never touches mlruns/)
 	$(PY) -m pytest $(ARGS)

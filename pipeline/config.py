@@ -8,6 +8,7 @@ checked by :func:`validate`, before any MLflow run exists.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -154,6 +155,13 @@ class ConfigError(ValueError):
     """A config value that the schema's types cannot rule out; the message is one line."""
 
 
+@functools.cache
+def schema() -> DictConfig:
+    """The schema as a DictConfig with its defaults (built once: it takes milliseconds).
+    Read it, never modify it."""
+    return OmegaConf.structured(Config)
+
+
 def _check_known_keys(node: DictConfig, schema: DictConfig, prefix: str = "") -> None:
     """Reject keys the schema does not know. Hydra's struct mode stops misspelled overrides,
     but keys added with ``+`` are force-added past it, so walk the tree against the schema."""
@@ -170,7 +178,7 @@ def _check_known_keys(node: DictConfig, schema: DictConfig, prefix: str = "") ->
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line: key, value, what is allowed) for a bad config."""
-    _check_known_keys(cfg, OmegaConf.structured(Config))
+    _check_known_keys(cfg, schema())
     lr = cfg.optim.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"optim.lr={lr}: must be a finite number > 0")

@@ -48,7 +48,7 @@ class StackedLauncherImpl(Launcher):
         assert self.hydra_context is not None and self.config is not None
         register_configs()
         t0 = time.time()
-        compose = JobComposer(self.hydra_context.config_loader, self.config)
+        compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         cfgs = [compose(overrides) for overrides in job_overrides]
         groups = group_by_schedule(cfgs)
         log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} stacked groups")

@@ -14,6 +14,7 @@ rest of training, this knows nothing about MLflow: it returns one History per co
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Sequence
@@ -26,7 +27,6 @@ from pipeline.data import make_generators, ols
 from pipeline.train import (
     EPOCH_METRICS,
     History,
-    data_iter,
     divergence_limit,
     init_params,
     make_problem,
@@ -52,28 +52,33 @@ def group_by_schedule(cfgs: Sequence[DictConfig]) -> list[list[int]]:
 
 
 class _Losses:
-    """Per-model loss, its derivative in the residual, and reduction scale, as (K,) vectors."""
+    """Every model's per-sample loss as one formula. With c = clamp(r, -δ, δ):
+        c·(r - c/2) = r²/2 for |r| < δ, and δ(|r| - δ/2) beyond: Huber; with δ = ∞ it is
+        d2l's r²/2, and twice that is MSE. Its derivative in r is coef·c.
+    So one clamp serves all three losses, and the reduction is a per-model scale."""
 
     def __init__(self, cfgs: Sequence[DictConfig], dtype: torch.dtype):
-        names = [c.loss.name for c in cfgs]
-        self.squared = torch.tensor([n == LossName.squared for n in names])
-        self.mse = torch.tensor([n == LossName.mse for n in names])
-        self.delta = torch.tensor([c.loss.delta for c in cfgs], dtype=dtype)
+        huber = [c.loss.name == LossName.huber for c in cfgs]
+        self.delta = torch.tensor(
+            [c.loss.delta if h else math.inf for c, h in zip(cfgs, huber, strict=True)], dtype=dtype
+        )
+        self.neg_delta = -self.delta
+        self.coef = torch.tensor(
+            [2.0 if c.loss.name == LossName.mse else 1.0 for c in cfgs], dtype=dtype
+        )
         self.mean = torch.tensor([c.loss.reduction == Reduction.mean for c in cfgs])
+        self.dtype = dtype
+        self._scales: dict[int, torch.Tensor] = {}
 
-    def per_sample(self, r: torch.Tensor) -> torch.Tensor:
-        a = r.abs()
-        huber = torch.where(a < self.delta, 0.5 * r**2, self.delta * (a - 0.5 * self.delta))
-        return torch.where(self.squared, r**2 / 2, torch.where(self.mse, r**2, huber))
+    def scale(self, batch_len: int) -> torch.Tensor:
+        """coef/len for a mean reduction (the real length of a partial batch), coef for a sum."""
+        if batch_len not in self._scales:
+            one = torch.ones((), dtype=self.dtype)  # python floats would make where() float32
+            self._scales[batch_len] = self.coef * torch.where(self.mean, one / batch_len, one)
+        return self._scales[batch_len]
 
-    def d_per_sample(self, r: torch.Tensor) -> torch.Tensor:
-        huber = torch.where(r.abs() < self.delta, r, self.delta * r.sign())
-        return torch.where(self.squared, r, torch.where(self.mse, 2 * r, huber))
-
-    def scale(self, batch_len: int, dtype: torch.dtype) -> torch.Tensor:
-        """1/len for a mean reduction (the real length of a partial batch), 1 for a sum."""
-        one = torch.ones((), dtype=dtype)  # python floats would make where() float32
-        return torch.where(self.mean, one / batch_len, one)
+    def clamp(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(r, min=self.neg_delta, max=self.delta)
 
 
 def train_stacked(cfgs: Sequence[DictConfig]) -> list[History]:
@@ -84,92 +89,106 @@ def train_stacked(cfgs: Sequence[DictConfig]) -> list[History]:
     K, dtype = len(cfgs), torch_dtype(first)
     gens = make_generators(first.seed)
     p = make_problem(first, gens)
-    d = len(p.true_w)
+    n, d = p.X.shape
+    A = torch.cat([p.X, torch.ones(n, 1, dtype=dtype)], dim=1)  # [X, 1]: theta = [w, b]
+    y = p.y.reshape(-1, 1)
     # each config draws its own initial weights from a fresh init stream, as train() does
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
-    W = torch.stack([w for w, _ in inits])  # (K, d)
-    b = torch.stack([b0 for _, b0 in inits])  # (K,)
-    lr = torch.tensor([c.optim.lr for c in cfgs], dtype=dtype)
+    theta = torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits])  # (K, d+1)
+    neg_lr = -torch.tensor([c.optim.lr for c in cfgs], dtype=dtype)[:, None]
     losses = _Losses(cfgs, dtype)
     hists = [History() for _ in cfgs]
-    active = torch.ones(K, dtype=torch.bool)
-    updates = torch.zeros(K, dtype=torch.long)
+    frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
+    updates = [0] * K
     log_steps: list[int] = []
     log_loss: list[torch.Tensor] = []
-    log_norm: list[torch.Tensor] = []
-    log_active: list[torch.Tensor] = []
+    log_grad: list[torch.Tensor] = []  # norms taken once at the end
 
-    def record() -> None:
-        """Full-data metrics of the active models; a non-finite one ends that model."""
-        r = p.X @ W.T + b - p.y  # (n, K)
+    def freeze(k: int, at_step: int, taken: int) -> None:
+        """Model k diverged: keep its parameters as they were, and let it ride along with
+        lr 0 and no loss limit, so the hot loop never needs a mask."""
+        hists[k].diverged_at_step, updates[k] = at_step, taken
+        frozen[k] = theta[k].clone()
+        alive.discard(k)
+        neg_lr[k], limit[k] = 0.0, math.inf
+
+    def record(step: int) -> None:
+        """Full-data metrics of the live models; a non-finite one ends that model."""
+        r = A @ theta.T - y  # (n, K)
+        c = losses.clamp(r)
         metrics = {
-            "train_loss": losses.scale(len(p.X), dtype) * losses.per_sample(r).sum(0),
+            "train_loss": losses.scale(n) * (c * (r - 0.5 * c)).sum(0),
             "mse": (r**2).mean(0),
-            "w_error": torch.linalg.vector_norm(W - p.true_w, dim=1),
-            "b_error": (b - p.true_b).abs(),
+            "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
+            "b_error": (theta[:, d] - p.true_b).abs(),
         }
         table = torch.stack([metrics[k] for k in EPOCH_METRICS], dim=1).tolist()
-        for k in torch.nonzero(active).flatten().tolist():
+        for k in sorted(alive):
             if not all(math.isfinite(v) for v in table[k]):
-                hists[k].diverged_at_step = max(int(updates[k]), 1)
-                active[k] = False
+                freeze(k, max(step, 1), step)
                 continue
             for key, value in zip(EPOCH_METRICS, table[k], strict=True):
                 hists[k].epochs[key].append(value)
 
-    record()
-    limit = torch.tensor(
-        [
-            divergence_limit(c, h.epochs["train_loss"][0] if h.epochs["train_loss"] else math.inf)
-            for c, h in zip(cfgs, hists, strict=True)
-        ],
-        dtype=dtype,
-    )
-    t = first.train
+    alive = set(range(K))
+    limit = torch.full((K,), math.inf, dtype=dtype)
+    record(0)
+    for k in alive:
+        limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
+    # plain values: a DictConfig read per update would cost more than the update
+    epochs, batch_size = int(first.train.epochs), int(first.train.batch_size)
+    stop = n - n % batch_size if first.train.drop_last else n
+    log_every = int(first.train.log_every)
+    scales = {b: losses.scale(b) for b in (batch_size, n % batch_size or batch_size)}
+    delta, neg_delta = losses.delta, losses.neg_delta
     step = 0
-    for _ in range(t.epochs):
-        if not active.any():
+    for _ in range(epochs):
+        if not alive:
             break
-        for X, y in data_iter(t.batch_size, p.X, p.y, gens.batches, t.drop_last):
+        # data_iter's order (one randperm per epoch), gathered once: batches are then views
+        perm = torch.randperm(n, generator=gens.batches)
+        A_epoch, neg_y_epoch = A[perm], -y[perm]
+        for i in range(0, stop, batch_size):
+            Ab, neg_yb = A_epoch[i : i + batch_size], neg_y_epoch[i : i + batch_size]
             step += 1
-            r = X @ W.T + b - y  # (B, K)
-            scale = losses.scale(len(X), dtype)
-            batch_loss = scale * losses.per_sample(r).sum(0)
-            exploded = active & ~(batch_loss <= limit)  # `not <=` also catches nan
-            if exploded.any():
-                for k in torch.nonzero(exploded).flatten().tolist():
-                    hists[k].diverged_at_step = step
-                active &= ~exploded
-            g = scale * losses.d_per_sample(r)  # dLoss/dprediction, (B, K)
-            grad_W, grad_b = g.T @ X, g.sum(0)
-            norm = torch.sqrt((grad_W**2).sum(1) + grad_b**2)
-            # where(), not a masked multiply: a frozen model may hold inf, and 0 * inf = nan
-            W = torch.where(active[:, None], W - lr[:, None] * grad_W, W)
-            b = torch.where(active, b - lr * grad_b, b)
-            updates += active
-            if step % t.log_every == 0:
+            r = torch.addmm(neg_yb, Ab, theta.T)  # residuals (B, K)
+            c = torch.clamp(r, min=neg_delta, max=delta)
+            sc = scales[len(Ab)] * c  # dLoss/dprediction
+            batch_loss = torch.linalg.vecdot(sc, torch.add(r, c, alpha=-0.5), dim=0)
+            # a model stops at its first exploding loss, before that update (`not <=`: nan)
+            ok = batch_loss <= limit
+            if not ok.all():
+                for k in torch.nonzero(~ok).flatten().tolist():
+                    if k in alive:
+                        freeze(k, step, step - 1)
+            grad = sc.T @ Ab  # (K, d+1): [∇w, ∇b] of every model at once
+            theta = torch.addcmul(theta, neg_lr, grad)
+            if step % log_every == 0:
                 log_steps.append(step)
                 log_loss.append(batch_loss)
-                log_norm.append(norm)
-                log_active.append(active.clone())
-            if not active.any():
+                log_grad.append(grad)
+            if not alive:
                 break
-        if active.any():
-            record()
+        if alive:
+            record(step)
 
-    if log_steps:
-        loss_t, norm_t = torch.stack(log_loss, 1).tolist(), torch.stack(log_norm, 1).tolist()
-        alive = torch.stack(log_active, 1).tolist()
-        for k, h in enumerate(hists):
-            keep = [i for i, on in enumerate(alive[k]) if on]
-            h.steps = [log_steps[i] for i in keep]
-            h.batch_loss = [loss_t[k][i] for i in keep]
-            h.grad_norm = [norm_t[k][i] for i in keep]
+    loss_t = torch.stack(log_loss, 1).tolist() if log_steps else [[] for _ in cfgs]
+    norm_t = (
+        torch.linalg.vector_norm(torch.stack(log_grad, 1), dim=2).tolist()
+        if log_steps
+        else [[] for _ in cfgs]
+    )
     w_ols, b_ols = ols(p.X, p.y)
     ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
     ols_b = abs(p.true_b - float(b_ols))
     for k, h in enumerate(hists):
-        h.updates = int(updates[k])
-        h.w_hat, h.b_hat = W[k].tolist(), float(b[k])
+        final = frozen.get(k, theta[k])
+        if k not in frozen:
+            updates[k] = step
+        # a model logs the steps it took: those before the one where it diverged
+        keep = bisect.bisect_right(log_steps, updates[k])
+        h.steps, h.batch_loss, h.grad_norm = log_steps[:keep], loss_t[k][:keep], norm_t[k][:keep]
+        h.updates = updates[k]
+        h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
     return hists

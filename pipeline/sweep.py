@@ -164,18 +164,37 @@ class JobComposer:
         self.loader, self.master_config = loader, master_config
         self.parser = OverridesParser.create(config_loader=loader)
         self.composed: dict[tuple[str, ...], DictConfig] = {}
+        self.parsed: dict[str, tuple[Any, bool]] = {}
+
+    _shared: dict[tuple[int, int], JobComposer] = {}
+
+    @classmethod
+    def shared(cls, loader: Any, master_config: DictConfig) -> JobComposer:
+        """One composer per sweep, so that the sweeper's planning and the stacked launcher
+        share the compositions (the same loader and master config objects)."""
+        key = (id(loader), id(master_config))
+        if key not in cls._shared:
+            cls._shared = {key: cls(loader, master_config)}  # keep only the current sweep's
+        return cls._shared[key]
+
+    def parse(self, line: str) -> tuple[Any, bool]:
+        """(parsed override, picks a group?) of one override string, parsed once: Hydra's
+        parser costs milliseconds and a sweep repeats the same strings in many jobs."""
+        if line not in self.parsed:
+            (override,) = self.parser.parse_overrides([line])
+            self.parsed[line] = (override, is_group_override(self.loader, override))
+        return self.parsed[line]
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        parsed = self.parser.parse_overrides(list(overrides))
-        groups = tuple(str(o.input_line) for o in parsed if is_group_override(self.loader, o))
-        values = [o for o in parsed if not is_group_override(self.loader, o)]
+        parsed = [self.parse(line) for line in overrides]
+        groups = tuple(str(o.input_line) for o, is_group in parsed if is_group)
         if groups not in self.composed:
             full = self.loader.load_sweep_config(self.master_config, list(groups))
             self.composed[groups] = task_config(full)
         cfg = copy.deepcopy(self.composed[groups])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        ConfigLoaderImpl._apply_overrides_to_config([o for o, g in parsed if not g], cfg)
         return cfg
 
 
@@ -210,7 +229,7 @@ class GridsSweeperImpl(Sweeper):
     def plan(self, arguments: list[str]) -> list[Job]:
         """Compose, validate and hash every job before anything is written."""
         assert self.hydra_context is not None and self.config is not None
-        compose = JobComposer(self.hydra_context.config_loader, self.config)
+        compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         jobs = []
         for grid, overrides in expand(self.grids, arguments, self.hydra_context.config_loader):
             try:

@@ -32,7 +32,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import PROJECT_ROOT, UNTRACKED_KEYS, Config
+from pipeline.config import PROJECT_ROOT, UNTRACKED_KEYS, Config, schema
 from pipeline.train import History
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
@@ -71,7 +71,9 @@ def with_retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise AssertionError("unreachable")
 
 
+@functools.cache
 def get_client(uri: str) -> mlflow.MlflowClient:
+    """One client per store and process (creating one costs ~20 ms)."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=uri)
@@ -126,6 +128,11 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def schema_defaults() -> dict[str, Any]:
+    return flatten(to_container(schema()))
+
+
 def run_name(cfg: DictConfig) -> str:
     """Short, readable and distinct within a sweep: the always-interesting keys, plus every
     other key that differs from the schema default."""
@@ -133,7 +140,7 @@ def run_name(cfg: DictConfig) -> str:
         return str(cfg.tracking.run_name)
     loss = cfg.loss.name.value + ("-sum" if cfg.loss.reduction.value == "sum" else "")
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
-    defaults = flatten(to_container(OmegaConf.structured(Config)))
+    defaults = schema_defaults()
     shown = {"model.name", "loss.name", "loss.reduction", "optim.lr", "train.batch_size", "seed"}
     short = {
         "data.n": "n",
@@ -273,6 +280,7 @@ class RunLogger:
         extra_tags: dict[str, str] | None = None,
     ):
         self.cfg, self.uri = cfg, tracking_uri(cfg)
+        self.tree = to_container(cfg)  # the resolved config, once
         self.extra_tags = extra_tags or {}
         self.client = get_client(self.uri)
         self.experiment_id = ensure_experiment(self.client, cfg.tracking.experiment, self.uri)
@@ -304,7 +312,7 @@ class RunLogger:
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
         files = {
-            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg))),
+            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(self.tree)),
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(self.overrides)),
         }
         if git_state().dirty:
@@ -314,7 +322,7 @@ class RunLogger:
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
         run_id = self.run_id
         assert run_id is not None
-        params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
+        params = [Param(k, str(v)) for k, v in flatten(self.tree).items()]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
         with_retry(self.client.log_batch, run_id, metrics=metrics, params=params, tags=run_tags_)
         with tempfile.TemporaryDirectory() as tmp:

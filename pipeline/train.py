@@ -128,8 +128,25 @@ def sgd(params: list[torch.Tensor], lr: float) -> None:
             param.grad.zero_()
 
 
-def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params]))  # type: ignore[union-attr]
+def _grad_norm(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖(∇w, ∇b)‖₂ in three small ops (clip_grad's total norm costs several times more)."""
+    assert w.grad is not None and b.grad is not None
+    return torch.hypot(torch.linalg.vector_norm(w.grad), torch.linalg.vector_norm(b.grad))
+
+
+class EpochBatchSampler(data.Sampler[torch.Tensor]):
+    """Index tensors of one shuffled epoch: the same single randperm per epoch as data_iter
+    (RandomSampler draws a second, empty one at the end, so the two streams would drift)."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, gen: torch.Generator):
+        self.n, self.batch_size, self.drop_last, self.gen = n, batch_size, drop_last, gen
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        stop = self.n - self.n % self.batch_size if self.drop_last else self.n
+        return iter(torch.randperm(self.n, generator=self.gen)[:stop].split(self.batch_size))
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
 
 class ScratchModel:
@@ -139,6 +156,8 @@ class ScratchModel:
         self.w = w0.reshape(-1, 1).clone().requires_grad_(True)
         self.b = b0.reshape(1).clone().requires_grad_(True)
         self.cfg, self.gen = cfg, gen
+        # plain copies: reading a DictConfig on every update costs more than the update
+        self.lr, self.reduction = float(cfg.optim.lr), Reduction(cfg.loss.reduction)
         name, delta = cfg.loss.name, cfg.loss.delta
         self.per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = {
             LossName.squared: squared_loss,
@@ -151,12 +170,12 @@ class ScratchModel:
         return data_iter(t.batch_size, X, y, self.gen, t.drop_last)
 
     def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return reduce(self.per_sample(X @ self.w + self.b, y), self.cfg.loss.reduction)
+        return reduce(self.per_sample(X @ self.w + self.b, y), self.reduction)
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:
         loss.backward()
-        norm = _grad_norm([self.w, self.b])
-        sgd([self.w, self.b], self.cfg.optim.lr)
+        norm = _grad_norm(self.w, self.b)
+        sgd([self.w, self.b], self.lr)
         return norm
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,14 +202,11 @@ class LinearModel:
         self.trainer = torch.optim.SGD(self.net.parameters(), lr=cfg.optim.lr)
 
     def batches(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[Batch]:
-        # A BatchSampler as the sampler with batch_size=None hands TensorDataset a whole list of
-        # indices at once: one gather per batch instead of per-sample collation (d2l's loader).
-        # SubsetRandomSampler draws exactly one randperm per epoch, like data_iter
-        # (RandomSampler draws a second, empty one at the end, so the streams would drift).
+        # A batch sampler with batch_size=None hands TensorDataset a whole index tensor at once:
+        # one gather per batch instead of d2l's per-sample collation.
         t = self.cfg.train
+        sampler = EpochBatchSampler(len(X), t.batch_size, t.drop_last, self.gen)
         dataset = data.TensorDataset(X, y)
-        order = data.SubsetRandomSampler(range(len(X)), generator=self.gen)
-        sampler = data.BatchSampler(order, t.batch_size, t.drop_last)
         return iter(data.DataLoader(dataset, sampler=sampler, batch_size=None))
 
     def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -199,7 +215,7 @@ class LinearModel:
     def step(self, loss: torch.Tensor) -> torch.Tensor:
         self.trainer.zero_grad()
         loss.backward()
-        norm = _grad_norm(list(self.net.parameters()))
+        norm = _grad_norm(self.layer.weight, self.layer.bias)
         self.trainer.step()
         return norm
 
@@ -259,10 +275,16 @@ def divergence_limit(cfg: DictConfig, initial_loss: float) -> float:
 
 
 def train_epoch(
-    model: Model, p: Problem, hist: History, log_every: int, limit: float = math.inf
+    model: Model,
+    p: Problem,
+    hist: History,
+    log_every: int,
+    limit: float,
+    norms: list[torch.Tensor],
 ) -> bool:
     """One pass over the data; False as soon as a batch loss is nan/inf or above ``limit``
-    (the run diverged: the update is not taken)."""
+    (the run diverged: the update is not taken). Gradient norms are collected as tensors in
+    ``norms`` and converted once at the end (a float() per update costs a sync each)."""
     for X, y in model.batches(p.X, p.y):
         loss = model.loss(X, y)
         step = hist.updates + 1
@@ -275,7 +297,7 @@ def train_epoch(
         if step % log_every == 0:
             hist.steps.append(step)
             hist.batch_loss.append(value)
-            hist.grad_norm.append(float(norm))
+            norms.append(norm)
     return True
 
 
@@ -300,11 +322,15 @@ def train(
             on_epoch(epoch, metrics)
         return True
 
+    norms: list[torch.Tensor] = []
     if record(0):
         limit = divergence_limit(cfg, hist.epochs["train_loss"][0])
         for epoch in range(1, cfg.train.epochs + 1):
-            if not (train_epoch(model, p, hist, cfg.train.log_every, limit) and record(epoch)):
+            if not (
+                train_epoch(model, p, hist, cfg.train.log_every, limit, norms) and record(epoch)
+            ):
                 break
+    hist.grad_norm = torch.stack(norms).tolist() if norms else []
 
     w, b = model.params()
     hist.w_hat, hist.b_hat = [float(v) for v in w], float(b)

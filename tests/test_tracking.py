@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from pipeline import train as train_module
 from pipeline.config import PROJECT_ROOT
 from pipeline.job import run_job
-from pipeline.tracking import config_hash, flatten, to_container
+from pipeline.tracking import config_hash, flatten, git_state, to_container
 from tests.conftest import compose_cfg
 
 EPOCH = {"train_loss", "mse", "w_error", "b_error"}
@@ -76,7 +76,9 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert "mlflow.parentRunId" not in tags
     # artifacts: resolved config (round-trips to the same params) and the overrides
     files = {a.path for a in client.list_artifacts(rid)}
-    assert files == {"config.yaml", "overrides.yaml"}
+    assert files == {"config.yaml", "overrides.yaml"} | (
+        {"git.diff"} if git_state().dirty else set()
+    )
     path = client.download_artifacts(rid, "config.yaml", str(tmp_path))
     assert yaml.safe_load(Path(path).read_text()) == to_container(cfg)
     path = client.download_artifacts(rid, "overrides.yaml", str(tmp_path))
