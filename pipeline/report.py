@@ -114,6 +114,16 @@ class SweepData:
         return load_run_config(self.client, run_id)
 
 
+class MissingRuns(Exception):
+    """The sweep has no runs for a section: it prints the preset that produces them."""
+
+
+def need(rows: pd.DataFrame) -> pd.DataFrame:
+    if rows.empty:
+        raise MissingRuns
+    return rows
+
+
 def fmt(x: float) -> str:
     return "diverged" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
@@ -133,10 +143,7 @@ def new_figure() -> tuple[plt.Figure, plt.Axes]:
 
 
 def section_lr(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("lr")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("lr"))
     rows = rows.assign(final_mse=final(rows, "mse")).sort_values(["model", "lr"])
     s.table = rows.pivot_table(index="lr", columns="model", values="final_mse").map(fmt)
     stable = rows[~rows["diverged"]]
@@ -186,10 +193,7 @@ def section_batch_size(d: SweepData, s: Section, out: Path) -> None:
         "batch_size_sqrt_lr": "lr·√(B/10)",
         "batch_size_linear_lr": "lr·B/10",
     }
-    rows = d.grid(*rules)
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid(*rules))
     rows = rows.assign(
         rule=rows["grid"].map(rules), final_w=final(rows, "w_error"), final_mse=final(rows, "mse")
     )
@@ -250,10 +254,7 @@ def section_batch_size(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_reduction(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("reduction_mean", "reduction_sum_scaled", "reduction_sum_unscaled")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("reduction_mean", "reduction_sum_scaled", "reduction_sum_unscaled"))
     names = {
         "reduction_mean": "mean, lr",
         "reduction_sum_scaled": "sum, lr/B",
@@ -306,10 +307,7 @@ def section_reduction(d: SweepData, s: Section, out: Path) -> None:
 def section_per_sample(d: SweepData, s: Section, out: Path) -> None:
     from torch.func import functional_call, grad, vmap
 
-    cfg = d.config(d.df["run_id"].iloc[0]) if not d.df.empty else None
-    if cfg is None:
-        s.missing = True
-        return
+    cfg = d.config(need(d.df)["run_id"].iloc[0])
     p = make_problem(cfg, make_generators(cfg.seed))
     w0, b0 = init_params(cfg, len(p.true_w), make_generators(cfg.seed).init)
     net = torch.nn.Linear(len(w0), 1, dtype=w0.dtype)
@@ -343,10 +341,7 @@ def section_per_sample(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_loss(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("loss")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("loss"))
     table = rows.pivot_table(index="loss", columns="data", values=["w_error", "b_error"])
     table.columns = [f"{metric} ({data})" for metric, data in table.columns]
     s.table = table
@@ -391,10 +386,7 @@ def section_loss(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_init(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("init")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("init"))
     s.table = rows.pivot_table(index="init", columns="model", values="w_error")
     fig, ax = new_figure()
     for r in rows.itertuples():
@@ -414,10 +406,7 @@ def section_init(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_data_size(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("data_size").sort_values("n")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("data_size").sort_values("n"))
     sigma = float(rows["noise"].iloc[0])
     rows = rows.assign(sigma_sqrt_n=sigma / np.sqrt(rows["n"]))
     s.table = rows[["n", "B", "updates", "w_error", "ols_w_error", "sigma_sqrt_n"]]
@@ -441,14 +430,8 @@ def section_data_size(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_newton(d: SweepData, s: Section, out: Path) -> None:
-    rows = (
-        d.df[(d.df["n"] == 1000) & ~d.df["diverged"] & (d.df["loss"] == "mse")]
-        if not d.df.empty
-        else d.df
-    )
-    if rows.empty:
-        s.missing = True
-        return
+    df = need(d.df)
+    rows = need(df[(df["n"] == 1000) & ~df["diverged"] & (df["loss"] == "mse")])
     default = rows[(rows["lr"] == 0.03) & (rows["B"] == 10)]  # d2l's settings, if swept
     run = default.iloc[0] if not default.empty else rows.loc[rows["w_error"].idxmin()]
     cfg = d.config(run["run_id"])
@@ -491,10 +474,7 @@ def section_newton(d: SweepData, s: Section, out: Path) -> None:
 
 
 def section_partial_batch(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.grid("partial_batch")
-    if rows.empty:
-        s.missing = True
-        return
+    rows = need(d.grid("partial_batch"))
     rows = rows.assign(
         updates_per_epoch=rows["updates"] / pd.to_numeric(rows["params.train.epochs"])
     )
@@ -676,7 +656,10 @@ def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, l
         sections = []
         for key, title, question, preset, fn in SECTIONS:
             s = Section(key, title, question, preset)
-            fn(data, s, folder)
+            try:
+                fn(data, s, folder)
+            except MissingRuns:
+                s.missing = True
             sections.append(s)
         markdown = to_markdown(parent, sections)
         (folder / "report.md").write_text(markdown)
