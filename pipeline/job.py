@@ -78,6 +78,7 @@ def log_trained(cfg: DictConfig, hist: History, overrides: list[str] | None = No
     """Log a config that was trained elsewhere (the stacked launcher) as one run, with the
     same contract as :func:`run_job`; returns what run_job would."""
     validate(cfg)
+    torch.use_deterministic_algorithms(True)  # as run_job: the run's tags record it
     logger = RunLogger(cfg, overrides)
     logger.start()
     try:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.config import register_configs  # noqa: E402
 from pipeline.data import make_generators  # noqa: E402
-from pipeline.tracking import load_run_config, tracking_uri  # noqa: E402
+from pipeline.tracking import latest_sweep, load_run_config, tracking_uri  # noqa: E402
 from pipeline.train import init_params, make_problem, train  # noqa: E402
 
 
@@ -623,23 +623,13 @@ def to_html(parent: Run, sections: list[Section]) -> str:
     )
 
 
-def find_parent(client: mlflow.MlflowClient, sweep: str, experiment: str = "linreg") -> Run:
+def find_parent(client: mlflow.MlflowClient, sweep: str) -> Run:
     if sweep != "latest":
         return client.get_run(sweep)
-    exp = client.get_experiment_by_name(experiment)
-    runs = (
-        client.search_runs(
-            [exp.experiment_id],
-            "tags.sweep_parent = 'true'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        if exp
-        else []
-    )
-    if not runs:
+    parent = latest_sweep(client)
+    if parent is None:
         raise SystemExit("error: no sweep in the store yet: run `make sweep` first")
-    return runs[0]
+    return parent
 
 
 def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, list[Section]]:

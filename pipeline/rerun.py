@@ -25,6 +25,7 @@ from pipeline.job import run_job
 from pipeline.tracking import (
     VERSION_TAGS,
     config_hash,
+    latest_sweep,
     load_run_config,
     tracking_uri,
     version_tags,
@@ -117,6 +118,12 @@ def rerun(client: mlflow.MlflowClient, run_id: str) -> tuple[Run, pd.DataFrame]:
 
 
 def sweep_children(client: mlflow.MlflowClient, parent_id: str) -> list[Run]:
+    """The children of a sweep's parent run ("latest": the newest sweep)."""
+    if parent_id == "latest":
+        latest = latest_sweep(client)
+        if latest is None:
+            raise RerunError("no sweep in the store yet: run `make sweep` first")
+        parent_id = latest.info.run_id
     parent = get_run(client, parent_id)
     if parent.data.tags.get("sweep_parent") != "true":
         raise RerunError(f"run {parent_id} is not a sweep's parent run")
@@ -131,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("run_id", nargs="?", help="the run to reproduce")
-    group.add_argument("--sweep", metavar="PARENT_RUN_ID", help="rerun every child of a sweep")
+    group.add_argument(
+        "--sweep",
+        metavar="PARENT_RUN_ID",
+        help="rerun every child of a sweep (latest: the newest sweep)",
+    )
     args = parser.parse_args(argv)
     register_configs()
     client = mlflow.MlflowClient(tracking_uri=tracking_uri())

@@ -26,7 +26,7 @@ import hydra
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -339,3 +339,17 @@ def load_run_config(client: mlflow.MlflowClient, run_id: str) -> DictConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), loaded)
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def latest_sweep(client: mlflow.MlflowClient, experiment: str = "linreg") -> Run | None:
+    """The newest sweep parent run of the experiment, if any."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        "tags.sweep_parent = 'true'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None

@@ -13,23 +13,14 @@ import sys
 
 import mlflow
 
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import latest_sweep, tracking_uri
 
 
-def latest_sweep_url(uri: str, base: str, experiment: str = "linreg") -> str | None:
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+def latest_sweep_url(uri: str, base: str) -> str | None:
+    parent = latest_sweep(mlflow.MlflowClient(tracking_uri=uri))
+    if parent is None:
         return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        "tags.sweep_parent = 'true'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if not runs:
-        return None
-    return f"{base}/#/experiments/{exp.experiment_id}/runs/{runs[0].info.run_id}"
+    return f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pipeline import rerun as rerun_module
 from pipeline.config import PROJECT_ROOT
 from pipeline.job import run_job
 from pipeline.tracking import VERSION_TAGS, git_state
+from pipeline.ui import latest_sweep_url
 from tests.conftest import compose_cfg
 
 TRAIN_AND_SAVE = """
@@ -168,7 +169,8 @@ def test_rerun_a_whole_sweep(
         timeout=600,
     )
     parent = only(client, "tags.sweep_parent = 'true'")[0]
-    assert rerun_module.main(["--sweep", parent.info.run_id]) == 0
+    assert latest_sweep_url(client.tracking_uri, "http://h").endswith(parent.info.run_id)
+    assert rerun_module.main(["--sweep", "latest"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len([ln for ln in lines if ln.endswith(": identical")]) == 4
     assert lines[-1] == "4/4 runs identical"
