@@ -46,8 +46,13 @@ def synthetic_data(
     return X, y.reshape(-1, 1)
 
 
+def with_bias_column(X: torch.Tensor) -> torch.Tensor:
+    """A = [X, 1], so that A @ [w, b] = Xw + b (the Hessian of the MSE is (2/n) AᵀA)."""
+    return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+
+
 def ols(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form least squares (w, b): the floor any estimator can reach on this data."""
-    A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+    A = with_bias_column(X)
     sol = torch.linalg.lstsq(A, y, driver="gelsd").solution.reshape(-1)
     return sol[:-1], sol[-1]

@@ -33,7 +33,7 @@ class StackedLauncherConf:
 
 
 class StackedLauncherImpl(Launcher):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self) -> None:
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 

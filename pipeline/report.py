@@ -32,7 +32,7 @@ from mlflow.entities import Run  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.config import register_configs  # noqa: E402
-from pipeline.data import make_generators  # noqa: E402
+from pipeline.data import make_generators, with_bias_column  # noqa: E402
 from pipeline.tracking import latest_sweep, load_run_config, tracking_uri  # noqa: E402
 from pipeline.train import init_params, make_problem, train  # noqa: E402
 
@@ -154,7 +154,7 @@ def section_lr(d: SweepData, s: Section, out: Path) -> None:
     # Hessian of the loss; for the MSE mean loss over A = [X, 1], H = (2/n) A^T A.
     cfg = d.config(rows["run_id"].iloc[0])
     p = make_problem(cfg, make_generators(cfg.seed))
-    A = torch.cat([p.X, torch.ones(len(p.X), 1, dtype=p.X.dtype)], dim=1)
+    A = with_bias_column(p.X)
     lam = float(torch.linalg.eigvalsh(2 / len(A) * A.T @ A).max())
     bound = 2 / lam
     s.numbers = {
@@ -437,7 +437,7 @@ def section_newton(d: SweepData, s: Section, out: Path) -> None:
     cfg = d.config(run["run_id"])
     p = make_problem(cfg, make_generators(cfg.seed))
     w0, b0 = init_params(cfg, len(p.true_w), make_generators(cfg.seed).init)
-    A = torch.cat([p.X, torch.ones(len(p.X), 1, dtype=p.X.dtype)], dim=1)
+    A = with_bias_column(p.X)
     theta0 = torch.cat([w0, b0.reshape(1)])
 
     def newton() -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import LossName, Reduction
-from pipeline.data import make_generators, ols
+from pipeline.data import make_generators, ols, with_bias_column
 from pipeline.train import (
     EPOCH_METRICS,
     History,
@@ -90,7 +90,7 @@ def train_stacked(cfgs: Sequence[DictConfig]) -> list[History]:
     gens = make_generators(first.seed)
     p = make_problem(first, gens)
     n, d = p.X.shape
-    A = torch.cat([p.X, torch.ones(n, 1, dtype=dtype)], dim=1)  # [X, 1]: theta = [w, b]
+    A = with_bias_column(p.X)  # theta = [w, b]
     y = p.y.reshape(-1, 1)
     # each config draws its own initial weights from a fresh init stream, as train() does
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]

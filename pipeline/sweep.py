@@ -373,7 +373,6 @@ class SweepParent:
         )
         rid, now = self.run_id, int(time.time() * 1000)
         metrics = [Metric(f"n_{k}", float(v), now, 0) for k, v in n.items()]
-        metrics.append(Metric("wall_time_s", wall, now, 0))
         with_retry(self.client.log_batch, rid, metrics=metrics)
         with_retry(self.client.log_text, rid, df.to_csv(index=False), "summary.csv")
         self.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
