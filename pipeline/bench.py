@@ -3,8 +3,8 @@
 Over the grid G (conf/sweep/bench.yaml, 120 configs, 3 epochs) it times:
   1. the seeds' own loops (a faithful re-implementation of the d2l 3.2/3.3 code as the seeds
      show it: Python-shuffled data_iter, per-sample DataLoader collation, float32), training only;
-  2. our sequential training (pipeline.train.train), no tracking;
-  3. our stacked training (pipeline.stacked), no tracking;
+  2. our sequential training (the d2l steps of pipeline.train), no tracking;
+  3. our stacked training (the stacked step), no tracking;
   4. MLflow's floor: bare create_run + one log_batch (our payload) + set_terminated per run;
   5. `make sweep` over G end to end with the basic, joblib and stacked launchers.
 and prints the ratios the targets are stated in, and the peak memory.
@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
@@ -34,10 +33,10 @@ from torch import nn
 from torch.utils import data
 
 from pipeline.config import PROJECT_ROOT, register_configs
-from pipeline.stacked import group_by_schedule, train_stacked
+from pipeline.identity import flatten, to_container
 from pipeline.sweep import expand
-from pipeline.tracking import flatten, history_metrics, run_tags, to_container
-from pipeline.train import History, train
+from pipeline.tracking import get_client, history_metrics, run_tags
+from pipeline.train import History, group_by_schedule, resolve_engine, train, train_one
 
 # --- the seeds' loops (d2l 3.2 and 3.3, as printed in ../shared/seeds) ------------------------
 
@@ -140,13 +139,15 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def mlflow_floor(cfgs: list[DictConfig], hists: list[History], store: Path) -> float:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    client = get_client(f"sqlite:///{store / 'mlflow.db'}")
     exp = client.create_experiment("floor", artifact_location=(store / "art").as_uri())
+    for c in cfgs:
+        resolve_engine(c, stacking=False)
     payload = [
         (
             cfg,
             [Param(k, str(v)) for k, v in flatten(to_container(cfg)).items()],
-            [RunTag(k, v) for k, v in run_tags(cfg).items()],
+            [RunTag(k, v) for k, v in run_tags(cfg, None).items()],
             history_metrics(h, int(time.time() * 1000)),
         )
         for cfg, h in zip(cfgs, hists, strict=True)
@@ -182,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = grid_configs()
     rows: dict[str, float] = {}
     rows["seeds' loops (d2l 3.2/3.3), training only"] = timed(lambda: each(seeds_loop, cfgs))
-    rows["our sequential training, no tracking"] = timed(lambda: each(train, cfgs))
+    rows["our sequential training, no tracking"] = timed(lambda: each(train_one, cfgs))
     hists: list[History] = [History()] * len(cfgs)
+    stacked_cfgs = [c.copy() for c in cfgs]
+    for c in stacked_cfgs:
+        resolve_engine(c, stacking=True)
 
     def stacked() -> None:
-        for idx in group_by_schedule(cfgs):
-            for i, h in zip(idx, train_stacked([cfgs[i] for i in idx]), strict=True):
+        for idx in group_by_schedule(stacked_cfgs):
+            for i, h in zip(idx, train([stacked_cfgs[i] for i in idx]), strict=True):
                 hists[i] = h
 
     rows["our stacked training, no tracking"] = timed(stacked)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 class ModelName(str, Enum):
@@ -41,74 +41,92 @@ class InitName(str, Enum):
     xavier = "xavier"  # w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)), b = 0
 
 
+class EngineName(str, Enum):
+    auto = "auto"  # stacked under a stacking launcher (if the loss allows), else d2l
+    d2l = "d2l"  # the model's own d2l code: scratch (3.2) or linear (3.3), one config at a time
+    stacked = "stacked"  # the closed-form step that trains K configs as one computation
+
+
+class LrScaling(str, Enum):
+    none = "none"  # lr as given
+    sqrt = "sqrt"  # lr * sqrt(B / reference_batch_size)
+    linear = "linear"  # lr * B / reference_batch_size (the linear scaling rule)
+    inverse = "inverse"  # lr * reference_batch_size / B (sum reduction's step = mean's step)
+
+
 class DType(str, Enum):
     float64 = "float64"  # default: float32 rounding of w (~2e-7) is 0.1% of the error we measure
     float32 = "float32"  # d2l's dtype
 
 
+# Leaves are MISSING: the schema holds types and meanings, the YAML under conf/ holds the
+# values, so every default is written once (README's table is checked against the YAML).
+
+
 @dataclass
 class OutliersConfig:
-    fraction: float = 0.0  # share of labels corrupted, in [0, 1); 0 = clean data
-    scale: float = 10.0  # corrupted labels get noise N(0, scale^2) added
+    fraction: float = MISSING  # share of labels corrupted, in [0, 1); 0 = clean data
+    scale: float = MISSING  # corrupted labels get noise N(0, scale^2) added
 
 
 @dataclass
 class DataConfig:
-    true_w: list[float] = field(default_factory=lambda: [2.0, -3.4])  # any length works
-    true_b: float = 4.2  # true bias
-    n: int = 1000  # number of examples
-    noise: float = 0.01  # std of the Gaussian label noise (sigma)
+    true_w: list[float] = MISSING  # true weights, any length
+    true_b: float = MISSING  # true bias
+    n: int = MISSING  # number of examples
+    noise: float = MISSING  # std of the Gaussian label noise (sigma)
     outliers: OutliersConfig = field(default_factory=OutliersConfig)  # for Huber to shine
 
 
 @dataclass
 class ModelConfig:
-    name: ModelName = ModelName.linear  # which implementation trains the model
+    name: ModelName = MISSING  # which d2l implementation (train.engine=d2l trains with it)
 
 
 @dataclass
 class LossConfig:
-    name: LossName = LossName.mse  # per-sample loss
-    reduction: Reduction = Reduction.mean  # how a batch's per-sample losses are combined
-    delta: float = 1.0  # Huber threshold (ignored by the other losses)
+    name: LossName = MISSING  # per-sample loss
+    reduction: Reduction = MISSING  # how a batch's per-sample losses are combined
+    delta: float = MISSING  # Huber threshold (ignored by the other losses)
 
 
 @dataclass
 class InitConfig:
-    name: InitName = InitName.normal  # initial weights; the bias always starts at 0
-    std: float = 0.01  # std of the normal init
-    gain: float = 1.0  # gain of the xavier init
+    name: InitName = MISSING  # initial weights; the bias always starts at 0
+    std: float = MISSING  # std of the normal init
+    gain: float = MISSING  # gain of the xavier init
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.03  # SGD learning rate
+    lr: float = MISSING  # SGD learning rate, before lr_scaling
+    lr_scaling: LrScaling = MISSING  # how the lr follows the batch size
+    reference_batch_size: int = MISSING  # the B at which lr_scaling leaves lr unchanged
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 10  # minibatch size B, 1 <= B <= data.n
-    epochs: int = 3  # passes over the data
-    drop_last: bool = False  # drop the last partial batch when B does not divide n
-    log_every: int = 1  # log batch_loss and grad_norm every this many updates
-    dtype: DType = DType.float64  # floating point type of data and parameters
-    divergence_ratio: float = 1e6  # batch loss > ratio * max(initial loss, 1) = diverged
+    batch_size: int = MISSING  # minibatch size B, 1 <= B <= data.n
+    epochs: int = MISSING  # passes over the data (at least)
+    min_updates: int = MISSING  # more epochs if needed to make at least this many updates
+    drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
+    log_every: int = MISSING  # log batch_loss and grad_norm every this many updates
+    dtype: DType = MISSING  # floating point type of data and parameters
+    divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
+    engine: EngineName = MISSING  # which code trains the job; the run's `engine` tag
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # MLflow tracking URI; null = $MLFLOW_TRACKING_URI or mlruns/
-    experiment: str = "linreg"  # MLflow experiment name
-    run_name: str | None = None  # null = derived from the config, e.g. linear-mse-lr0.03-bs10-s0
-    parent_run_id: str | None = None  # set by the sweeper: the sweep's MLflow parent run
+    uri: str | None = MISSING  # MLflow tracking URI; null = $MLFLOW_TRACKING_URI or mlruns/
+    experiment: str = MISSING  # MLflow experiment name
+    run_name: str | None = MISSING  # null = derived from the config, e.g. linear-mse-lr0.03-bs10-s0
 
 
 @dataclass
 class SweepConfig:
-    name: str = "none"  # preset that launched the job (set by conf/sweep/*.yaml)
-    force: bool = False  # retrain jobs whose config already has a FINISHED run
-    total: int = 0  # set by the sweeper: jobs it launches (for progress lines)
-    started: float = 0.0  # set by the sweeper: its start time (for progress lines)
+    name: str = MISSING  # preset that launched the job (set by conf/sweep/*.yaml)
+    force: bool = MISSING  # retrain jobs whose config already has a FINISHED run
 
 
 @dataclass
@@ -121,7 +139,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    seed: int = 0  # fixes data, initial weights and batch order
+    seed: int = MISSING  # fixes data, initial weights and batch order
 
 
 # Keys that say where and how results are stored, not what is trained: left out of config_hash.
@@ -140,15 +158,7 @@ def register_configs() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-# Arithmetic that presets use to derive one key from another (e.g. sum's lr = mean's lr / B)
-# instead of typing the result by hand.
-RESOLVERS: dict[str, Any] = {
-    "project_root": lambda: str(PROJECT_ROOT),
-    "scaled": lambda base, b, ref, power: base * (b / ref) ** power,  # base * (b/ref)^power
-    "min": lambda *xs: min(xs),
-    "max": lambda *xs: max(xs),
-    "ceil_div": lambda a, b: -(-a // b),
-}
+RESOLVERS: dict[str, Any] = {"project_root": lambda: str(PROJECT_ROOT)}
 
 
 class ConfigError(ValueError):
@@ -167,21 +177,41 @@ def _check_known_keys(node: DictConfig, schema: DictConfig, prefix: str = "") ->
     but keys added with ``+`` are force-added past it, so walk the tree against the schema."""
     for key in node:
         full = f"{prefix}{key!s}"
-        if key not in schema:
+        if key not in list(schema):  # `in` alone says False for a MISSING value
             where = f" in {prefix[:-1]}" if prefix else ""
             allowed = ", ".join(str(k) for k in schema)
             raise ConfigError(f"{full}: unknown config key; allowed keys{where}: {allowed}")
-        child, child_schema = node[key], schema[key]
+        child, child_schema = node._get_node(key), schema._get_node(key)
         if isinstance(child, DictConfig) and isinstance(child_schema, DictConfig):
             _check_known_keys(child, child_schema, f"{full}.")
+
+
+def _finite_floats(node: DictConfig, prefix: str = "") -> None:
+    """Every float in the config is finite: a nan weight or an inf δ is never a setting."""
+    for key in node:
+        full, value = f"{prefix}{key!s}", node[key]
+        if isinstance(value, DictConfig):
+            _finite_floats(value, f"{full}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{full}={value}: must be a finite number")
+        elif isinstance(value, ListConfig) and any(
+            isinstance(v, float) and not math.isfinite(v) for v in value
+        ):
+            raise ConfigError(f"{full}={list(value)}: every value must be a finite number")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line: key, value, what is allowed) for a bad config."""
     _check_known_keys(cfg, schema())
-    lr = cfg.optim.lr
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"optim.lr={lr}: must be a finite number > 0")
+    _finite_floats(cfg)
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed={cfg.seed}: must be in [0, 2**63)")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr}: must be a finite number > 0")
+    if cfg.optim.reference_batch_size < 1:
+        raise ConfigError(
+            f"optim.reference_batch_size={cfg.optim.reference_batch_size}: must be >= 1"
+        )
     n = cfg.data.n
     if n < 1:
         raise ConfigError(f"data.n={n}: must be >= 1")
@@ -190,11 +220,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.batch_size={bs}: must be between 1 and data.n={n}")
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 1")
+    if cfg.train.min_updates < 0:
+        raise ConfigError(f"train.min_updates={cfg.train.min_updates}: must be >= 0")
     if not cfg.train.divergence_ratio > 1:
         raise ConfigError(f"train.divergence_ratio={cfg.train.divergence_ratio}: must be > 1")
     if cfg.train.log_every < 1:
         raise ConfigError(f"train.log_every={cfg.train.log_every}: must be >= 1")
-    if not (math.isfinite(cfg.data.noise) and cfg.data.noise >= 0):
+    if not cfg.data.noise >= 0:
         raise ConfigError(f"data.noise={cfg.data.noise}: must be a finite number >= 0")
     if len(cfg.data.true_w) < 1:
         raise ConfigError("data.true_w=[]: must hold at least one weight")
@@ -207,3 +239,31 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"loss.delta={cfg.loss.delta}: must be > 0")
     if cfg.init.std < 0:
         raise ConfigError(f"init.std={cfg.init.std}: must be >= 0")
+
+
+# --- values derived from the config (one definition each) -------------------------------------
+
+_LR_POWER = {
+    LrScaling.none: 0.0,
+    LrScaling.sqrt: 0.5,
+    LrScaling.linear: 1.0,
+    LrScaling.inverse: -1.0,
+}
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """The lr the optimiser uses: optim.lr * (B / reference_batch_size) ** power."""
+    o = cfg.optim
+    power = _LR_POWER[LrScaling(o.lr_scaling)]
+    return float(o.lr) * (cfg.train.batch_size / o.reference_batch_size) ** power
+
+
+def updates_per_epoch(cfg: DictConfig) -> int:
+    n, b = cfg.data.n, cfg.train.batch_size
+    return n // b if cfg.train.drop_last else -(-n // b)
+
+
+def planned_epochs(cfg: DictConfig) -> int:
+    """train.epochs, or more when train.min_updates asks for more updates than that."""
+    t = cfg.train
+    return max(int(t.epochs), -(-int(t.min_updates) // updates_per_epoch(cfg)))

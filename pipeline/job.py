@@ -1,20 +1,28 @@
-"""One job: validate the config, train, and log the run. The Hydra app and the sweep
-launchers all come through :func:`run_job`."""
+"""Jobs: validate a config, train it with its engine, and log it as one run.
+
+The Hydra app and the basic/joblib launchers come through :func:`run_job` (one config, trained
+by the model's d2l code unless ``train.engine=stacked``); the stacked launchers come through
+:func:`run_group` (configs that share a schedule, trained as one computation, each logged as
+its own run with the same contract).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 import torch
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
-from pipeline.tracking import RunLogger
-from pipeline.train import History, train
+from pipeline.tracking import RunLogger, SweepContext
+from pipeline.train import History, resolve_engine, train
 
 log = logging.getLogger("pipeline")
 
@@ -46,44 +54,80 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
     )
 
 
+def prepare(cfg: DictConfig, stacking: bool) -> None:
+    """Validate (ConfigError, before any run exists) and settle the engine, in place."""
+    register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
+    validate(cfg)
+    resolve_engine(cfg, stacking)
+    torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
+
+
+def timed_train(cfgs: Sequence[DictConfig], verbose: bool) -> tuple[list[History], float]:
+    t0 = time.perf_counter()
+    hists = train(cfgs, on_epoch=print_epoch if verbose else None)
+    return hists, time.perf_counter() - t0
+
+
 def run_job(
     cfg: DictConfig, overrides: list[str] | None = None, tags: dict[str, str] | None = None
 ) -> float:
     """Train ``cfg`` and log it as one MLflow run; returns the final full-data MSE (inf when
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
-    register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
-    validate(cfg)
-    torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
-    logger = RunLogger(cfg, overrides, tags)
-    run_id = logger.start()
-    in_sweep = cfg.sweep.total > 0  # a sweep prints one progress line per job instead
-    if not in_sweep:
-        log.info(f"mlflow run {run_id} ({logger.uri})")
-    with sigterm_as_interrupt():
-        try:
-            hist = train(cfg, on_epoch=None if in_sweep else print_epoch)
-            logger.finish(hist)
-        except BaseException as exc:
-            logger.fail(exc)
-            raise
+    prepare(cfg, stacking=False)
+    context = SweepContext.from_env()  # a sweep prints one progress line per job instead
+    with sigterm_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
+        if context is None:
+            log.info(f"mlflow run {run.run_id} ({run.uri})")
+        (hist,), seconds = timed_train([cfg], verbose=context is None)
+        run.finish(hist, train_time_s=seconds)
     if hist.diverged:
         log.warning(
             f"WARNING: diverged at update {hist.diverged_at_step} "
-            f"(optim.lr={cfg.optim.lr}); run {run_id} is tagged diverged=true"
+            f"(optim.lr={cfg.optim.lr}); run {run.run_id} is tagged diverged=true"
         )
     return hist.final_mse
 
 
-def log_trained(cfg: DictConfig, hist: History, overrides: list[str] | None = None) -> float:
-    """Log a config that was trained elsewhere (the stacked launcher) as one run, with the
-    same contract as :func:`run_job`; returns what run_job would."""
-    validate(cfg)
-    torch.use_deterministic_algorithms(True)  # as run_job: the run's tags record it
-    logger = RunLogger(cfg, overrides)
-    logger.start()
+def run_group(
+    cfgs: Sequence[DictConfig],
+    overrides: Sequence[Sequence[str]],
+    context: SweepContext | None,
+    tags: dict[str, str] | None = None,
+    only: int | None = None,
+) -> list[JobReturn]:
+    """Train prepared configs that share one schedule and engine (see
+    ``pipeline.train.group_by_schedule``) as one computation, then log each as its own run
+    (``only``: just that one, for a rerun). A failure to train fails every job of the group; a
+    failure to log fails its own job. The runs of one computation share a ``stack_id`` tag, so
+    a rerun can train the same group again and get the same bits."""
+    returns = [JobReturn(overrides=list(o), cfg=c) for c, o in zip(cfgs, overrides, strict=True)]
+    stack = {"stack_size": str(len(cfgs)), "stack_id": uuid.uuid4().hex, **(tags or {})}
     try:
-        logger.finish(hist)
-    except BaseException as exc:
-        logger.fail(exc)
-        raise
-    return hist.final_mse
+        hists, seconds = timed_train(cfgs, verbose=False)
+        failure: Exception | None = None
+    except Exception as exc:  # the group's one computation failed: every job of it failed
+        failure = exc
+    with sigterm_as_interrupt():
+        for k, (cfg, ret) in enumerate(zip(cfgs, returns, strict=True)):
+            if only is not None and k != only:
+                continue
+            try:
+                with RunLogger(cfg, list(ret.overrides or []), stack, context) as run:
+                    if failure is not None:
+                        raise failure
+                    run.finish(hists[k], train_time_s=seconds)
+                ret.return_value, ret.status = hists[k].final_mse, JobStatus.COMPLETED
+            except Exception as exc:
+                ret.return_value, ret.status = exc, JobStatus.FAILED
+    return returns if only is None else [returns[only]]
+    with sigterm_as_interrupt():
+        for k, (cfg, ret, hist) in enumerate(zip(cfgs, returns, hists, strict=True)):
+            if only is not None and k != only:
+                continue
+            try:
+                with RunLogger(cfg, list(ret.overrides or []), stack, context) as run:
+                    run.finish(hist, train_time_s=seconds)
+                ret.return_value, ret.status = hist.final_mse, JobStatus.COMPLETED
+            except Exception as exc:
+                ret.return_value, ret.status = exc, JobStatus.FAILED
+    return returns if only is None else [returns[only]]

@@ -1,9 +1,14 @@
 """The stacked launcher (private implementation of ``hydra/launcher=stacked``).
 
-It composes every job of a batch, groups the ones that share data and batch schedule, trains
-each group as one stacked computation (:mod:`pipeline.stacked`) and logs every config as its
-own run with exactly the contract of a sequential job. A group whose stacked training raises
-falls back to running its jobs one by one, so a failure stays the failure of its own job.
+It takes every job of a batch as the sweeper composed it, settles each job's engine
+(``train.engine=auto`` becomes ``stacked`` when the loss has a closed form), groups the stacked
+jobs that share data and batch schedule, and trains each group as one computation
+(:func:`pipeline.job.run_group`); a job whose engine is ``d2l`` trains alone with its model's
+code. Every config is logged as its own run with the contract of a sequential job.
+
+Unlike Hydra's basic launcher it writes no per-job ``.hydra/`` folder and calls no per-job
+callbacks: a group is one computation, and the runs in MLflow carry each job's config and
+overrides (artifacts ``config.yaml`` and ``overrides.yaml``).
 """
 
 from __future__ import annotations
@@ -12,17 +17,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
-from pipeline.job import log_trained, run_job
-from pipeline.stacked import group_by_schedule, train_stacked
-from pipeline.sweep import JobComposer
+from pipeline.job import prepare, run_group
+from pipeline.sweep import JobComposer, sweep_context
+from pipeline.train import group_by_schedule
 
 log = logging.getLogger("pipeline.launcher")
 
@@ -33,6 +37,8 @@ class StackedLauncherConf:
 
 
 class StackedLauncherImpl(Launcher):
+    stacks_jobs = True  # the sweeper resolves train.engine=auto to `stacked` for its jobs
+
     def __init__(self) -> None:
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -49,37 +55,26 @@ class StackedLauncherImpl(Launcher):
         register_configs()
         t0 = time.time()
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
-        cfgs = [compose(overrides) for overrides in job_overrides]
+        context = sweep_context(job_overrides)
+        overrides = [JobComposer.task_overrides(o) for o in job_overrides]
+        cfgs = [compose(o) for o in overrides]
+        for cfg in cfgs:
+            prepare(cfg, stacking=True)
         groups = group_by_schedule(cfgs)
-        log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} stacked groups")
+        log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} groups")
         returns: list[JobReturn | None] = [None] * len(cfgs)
         done = 0
+        total = context.total if context else len(cfgs)
         for g, idx in enumerate(groups, 1):
-            try:
-                hists: list[Any] = train_stacked([cfgs[i] for i in idx])
-            except Exception as exc:  # e.g. a config the stacked path cannot take
-                log.warning(f"stacked training failed ({exc!r}); running its jobs one by one")
-                hists = [None] * len(idx)
-            for i, hist in zip(idx, hists, strict=True):
-                overrides = list(job_overrides[i])
-                ret = JobReturn(overrides=overrides, cfg=cfgs[i])
-                try:
-                    ret.return_value = (
-                        run_job(cfgs[i], overrides)
-                        if hist is None
-                        else log_trained(cfgs[i], hist, overrides)
-                    )
-                    ret.status = JobStatus.COMPLETED
-                except Exception as exc:
-                    ret.return_value, ret.status = exc, JobStatus.FAILED
+            group = run_group([cfgs[i] for i in idx], [overrides[i] for i in idx], context)
+            for i, ret in zip(idx, group, strict=True):
                 returns[i] = ret
             done += len(idx)
-            elapsed = time.time() - t0
-            name = self.config.sweep.name
+            elapsed = time.time() - (context.started if context else t0)
             print(
-                f"[{name}] group {g}/{len(groups)}: {len(idx)} jobs | done "
-                f"{initial_job_idx + done}/{initial_job_idx + len(cfgs)} | elapsed "
-                f"{elapsed:.1f}s | ETA {elapsed / done * (len(cfgs) - done):.0f}s",
+                f"[{self.config.sweep.name}] group {g}/{len(groups)}: {len(idx)} jobs | done "
+                f"{initial_job_idx + done}/{total} | elapsed {elapsed:.1f}s | ETA "
+                f"{(time.time() - t0) / done * (len(cfgs) - done):.0f}s",
                 flush=True,
             )
         assert all(r is not None for r in returns)

@@ -10,75 +10,63 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-import mlflow
 import pandas as pd
 import yaml
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, open_dict
 
+from pipeline import queries
 from pipeline.config import register_configs
-from pipeline.job import run_job
-from pipeline.tracking import (
-    VERSION_TAGS,
-    config_hash,
-    latest_sweep,
-    load_run_config,
-    tracking_uri,
-    version_tags,
-)
+from pipeline.identity import config_hash
+from pipeline.job import prepare, run_group, run_job
+from pipeline.tracking import VERSION_TAGS, tracking_uri, version_tags
 
 
 class RerunError(Exception):
     """A run that cannot be rerun; the message is one line and nothing was written."""
 
 
-def get_run(client: mlflow.MlflowClient, run_id: str) -> Run:
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise RerunError(f"no run {run_id!r} in {client.tracking_uri}") from None
+def get_run(uri: str, run_id: str) -> Run:
+    run = queries.get_run(uri, run_id)
+    if run is None:
+        raise RerunError(f"no run {run_id!r} in {uri}")
+    return run
 
 
-def original_config(client: mlflow.MlflowClient, run: Run) -> tuple[DictConfig, list[str]]:
-    """The logged config of ``run``, pointed at today's store and detached from its sweep."""
+def original_config(uri: str, run: Run) -> tuple[DictConfig, list[str]]:
+    """The logged config of ``run``, pointed at today's store."""
     rid = run.info.run_id
     if "config_hash" not in run.data.tags:
         raise RerunError(f"run {rid} was not made by this pipeline (it has no config_hash tag)")
-    files = {a.path for a in client.list_artifacts(rid)}
+    files = queries.artifact_names(uri, rid)
     if "config.yaml" not in files:
         raise RerunError(f"run {rid} has no config.yaml artifact to rebuild it from")
-    cfg = load_run_config(client, rid)
+    cfg = queries.load_run_config(uri, rid)
     if config_hash(cfg) != run.data.tags["config_hash"]:
         raise RerunError(f"run {rid}: its config.yaml does not match its config_hash tag")
     overrides: list[str] = []
     if "overrides.yaml" in files:
-        with tempfile.TemporaryDirectory() as tmp:
-            text = Path(client.download_artifacts(rid, "overrides.yaml", tmp)).read_text()
-        overrides = list(yaml.safe_load(text) or [])
+        overrides = list(yaml.safe_load(queries.artifact_text(uri, rid, "overrides.yaml")) or [])
     with open_dict(cfg):
         cfg.tracking.uri = None  # today's store ($MLFLOW_TRACKING_URI or mlruns/)
-        cfg.tracking.parent_run_id = None
         cfg.tracking.run_name = f"rerun-{run.info.run_name}"
-        cfg.sweep.total, cfg.sweep.started = 0, 0.0
     return cfg, overrides
 
 
-def histories(client: mlflow.MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
-    return {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-        for key in run.data.metrics
-    }
+def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
+    return {key: queries.metric_history(uri, run.info.run_id, key) for key in run.data.metrics}
 
 
-def compare(client: mlflow.MlflowClient, original: Run, rerun: Run) -> pd.DataFrame:
+# metrics that measure the machine, not the computation: never compared
+TIMINGS = {"train_time_s"}
+
+
+def compare(uri: str, original: Run, rerun: Run) -> pd.DataFrame:
     """One row per (metric, step) whose value differs or exists in only one of the runs."""
-    a, b = histories(client, original), histories(client, rerun)
+    a, b = histories(uri, original), histories(uri, rerun)
     rows = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - TIMINGS):
         da, db = dict(a.get(key, [])), dict(b.get(key, []))
         for step in sorted(set(da) | set(db)):
             va, vb = da.get(step), db.get(step)
@@ -99,39 +87,62 @@ def version_warnings(original: Run) -> list[str]:
     ]
 
 
-def rerun(client: mlflow.MlflowClient, run_id: str) -> tuple[Run, pd.DataFrame]:
-    """Rerun one logged run; returns the new run and its differences from the original."""
-    original = get_run(client, run_id)
-    cfg, overrides = original_config(client, original)
+def stacked_group(uri: str, run: Run) -> list[Run]:
+    """The runs that a stacked run was trained with, in their order (one computation: they
+    share a ``stack_id`` tag). Reruns are not part of it."""
+    stack_id = run.data.tags.get("stack_id")
+    if not stack_id or run.data.tags.get("stack_size", "1") == "1":
+        return [run]
+    group = queries.search_all(
+        uri,
+        run.info.experiment_id,
+        f"tags.stack_id = '{stack_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    group = [r for r in group if "rerun_of" not in r.data.tags]
+    if len(group) != int(run.data.tags["stack_size"]):
+        raise RerunError(f"run {run.info.run_id}: its stacked group is no longer complete")
+    return group
+
+
+def rerun(uri: str, run_id: str) -> tuple[Run, pd.DataFrame]:
+    """Rerun one logged run with its logged engine; returns the new run and its differences
+    from the original. A stacked run is retrained inside its whole stacked group (the same
+    computation, so the same bits); only its own new run is logged."""
+    original = get_run(uri, run_id)
+    cfg, overrides = original_config(uri, original)
     for warning in version_warnings(original):
         print(f"warning: {warning}", file=sys.stderr)
-    run_job(cfg, overrides, tags={"rerun_of": run_id})
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    assert exp is not None  # run_job just logged into it
-    new = client.search_runs(
-        [exp.experiment_id],
-        f"tags.rerun_of = '{run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return new[0], compare(client, original, new[0])
+    tags = {"rerun_of": run_id}
+    if original.data.tags.get("engine") == "stacked":
+        group = stacked_group(uri, original)
+        cfgs = [cfg if r.info.run_id == run_id else original_config(uri, r)[0] for r in group]
+        for c in cfgs:
+            prepare(c, stacking=True)
+        me = [r.info.run_id for r in group].index(run_id)
+        trained = run_group(cfgs, [overrides] * len(cfgs), None, tags, only=me)
+        if trained[0].status.name == "FAILED":
+            raise RerunError(f"run {run_id}: retraining failed: {trained[0]._return_value!r}")
+    else:
+        run_job(cfg, overrides, tags=tags)
+    exp_id = original.info.experiment_id
+    (new,) = queries.search_all(
+        uri, exp_id, f"tags.rerun_of = '{run_id}'", order_by=["attributes.start_time DESC"]
+    )[:1]
+    return new, compare(uri, original, new)
 
 
-def sweep_children(client: mlflow.MlflowClient, parent_id: str) -> list[Run]:
+def sweep_children(uri: str, parent_id: str) -> list[Run]:
     """The children of a sweep's parent run ("latest": the newest sweep)."""
     if parent_id == "latest":
-        latest = latest_sweep(client)
+        latest = queries.latest_sweep(uri)
         if latest is None:
             raise RerunError("no sweep in the store yet: run `make sweep` first")
         parent_id = latest.info.run_id
-    parent = get_run(client, parent_id)
+    parent = get_run(uri, parent_id)
     if parent.data.tags.get("sweep_parent") != "true":
         raise RerunError(f"run {parent_id} is not a sweep's parent run")
-    return client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        order_by=["attributes.start_time ASC"],
-    )
+    return queries.children(uri, parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,23 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     register_configs()
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
     try:
         if args.run_id:
-            new, diffs = rerun(client, args.run_id)
+            new, diffs = rerun(uri, args.run_id)
             print(f"rerun {new.info.run_id} of {args.run_id}")
             if diffs.empty:
                 print("identical")
                 return 0
             print(diffs.to_string(index=False))
             return 1
-        children = sweep_children(client, args.sweep)
+        children = sweep_children(uri, args.sweep)
         # check them all before writing anything
         for child in children:
-            original_config(client, child)
+            original_config(uri, child)
         mismatched = 0
         for child in children:
-            new, diffs = rerun(client, child.info.run_id)
+            new, diffs = rerun(uri, child.info.run_id)
             verdict = (
                 "identical"
                 if diffs.empty

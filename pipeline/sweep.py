@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
-import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
@@ -31,12 +28,21 @@ from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import queries
 from pipeline.config import ConfigError, validate
-from pipeline.tracking import config_hash, ensure_experiment, get_client, tracking_uri, with_retry
+from pipeline.identity import config_hash
+from pipeline.tracking import (
+    ParentRun,
+    SweepContext,
+    ensure_experiment,
+    mark_stale_runs,
+    tracking_uri,
+)
+from pipeline.train import resolve_engine
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -57,57 +63,6 @@ class Job:
     overrides: list[str]  # Hydra overrides that compose it
     config_hash: str  # what identifies its result (pipeline.tracking.config_hash)
     cached_run: str | None = None  # id of an existing FINISHED run with the same hash
-
-
-# --- reading runs back ------------------------------------------------------------------------
-
-
-def search_all(
-    client: mlflow.MlflowClient, experiment_id: str, filter_string: str = ""
-) -> list[Run]:
-    """Every run matching the filter, following MLflow's pages."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = with_retry(
-            client.search_runs, [experiment_id], filter_string, max_results=5000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def finished_by_hash(client: mlflow.MlflowClient, experiment_id: str) -> dict[str, Run]:
-    """The newest FINISHED run of each config_hash in the experiment."""
-    out: dict[str, Run] = {}
-    for run in search_all(client, experiment_id, "attributes.status = 'FINISHED'"):
-        h = run.data.tags.get("config_hash")
-        if h and (h not in out or run.info.start_time > out[h].info.start_time):
-            out[h] = run
-    return out
-
-
-def mark_stale_runs(client: mlflow.MlflowClient, experiment_id: str) -> int:
-    """RUNNING runs started on this host by a process that is gone (SIGKILL, power loss) are
-    marked KILLED: MLflow has no heartbeat, so nothing else would ever close them."""
-    host, stale = socket.gethostname(), 0
-    for run in search_all(client, experiment_id, "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get("host") != host or not tags.get("pid", "").isdigit():
-            continue
-        try:
-            os.kill(int(tags["pid"]), 0)
-            continue  # still alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, someone else's
-        rid = run.info.run_id
-        with_retry(client.set_tag, rid, "error", "stale: its process is gone")
-        with_retry(client.set_terminated, rid, "KILLED")
-        stale += 1
-    return stale
 
 
 # --- the sweeper ------------------------------------------------------------------------------
@@ -177,6 +132,11 @@ class JobComposer:
             cls._shared = {key: cls(loader, master_config)}  # keep only the current sweep's
         return cls._shared[key]
 
+    @staticmethod
+    def task_overrides(overrides: Sequence[str]) -> list[str]:
+        """The job's own overrides, without the ones a sweep adds to Hydra's node."""
+        return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+
     def parse(self, line: str) -> tuple[Any, bool]:
         """(parsed override, picks a group?) of one override string, parsed once: Hydra's
         parser costs milliseconds and a sweep repeats the same strings in many jobs."""
@@ -226,8 +186,15 @@ class GridsSweeperImpl(Sweeper):
 
     # -- planning: expand, compose, validate, hash, look up the cache
 
+    @property
+    def stacking(self) -> bool:
+        """Does the launcher train stacked groups? (``train.engine=auto`` resolves by it.)"""
+        # the plugin classes are thin wrappers over their `_impl`-style `launcher` attribute
+        impl = getattr(self.launcher, "launcher", self.launcher)
+        return bool(getattr(impl, "stacks_jobs", False))
+
     def plan(self, arguments: list[str]) -> list[Job]:
-        """Compose, validate and hash every job before anything is written."""
+        """Compose, validate, settle the engine and hash every job before anything is written."""
         assert self.hydra_context is not None and self.config is not None
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         jobs = []
@@ -235,6 +202,7 @@ class GridsSweeperImpl(Sweeper):
             try:
                 cfg = compose(overrides)
                 validate(cfg)
+                resolve_engine(cfg, self.stacking)
             except (ConfigError, ConfigCompositionException, OmegaConfBaseException) as exc:
                 line = str(exc).strip().splitlines()[0]
                 print(f"error: {line} (job: {' '.join(overrides)})", file=sys.stderr)
@@ -244,31 +212,35 @@ class GridsSweeperImpl(Sweeper):
 
     # -- running
 
+    def save_multirun_yaml(self) -> None:
+        """The sweep dir and its ``multirun.yaml``, as Hydra's basic sweeper writes them."""
+        assert self.config is not None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         assert self.config is not None and self.launcher is not None
         t0 = time.time()
         jobs = self.plan(list(arguments))
+        self.save_multirun_yaml()
         cfg = self.config
-        client = get_client(tracking_uri(cfg))
-        exp_id = ensure_experiment(client, cfg.tracking.experiment, tracking_uri(cfg))
-        finished = {} if cfg.sweep.force else finished_by_hash(client, exp_id)
+        uri = tracking_uri(cfg)
+        exp_id = ensure_experiment(uri, cfg.tracking.experiment)
+        finished = {} if cfg.sweep.force else queries.finished_by_hash(uri, exp_id)
         unique: dict[str, Job] = {}
         for job in jobs:
             run = finished.get(job.config_hash)
             job.cached_run = run.info.run_id if run else None
             unique.setdefault(job.config_hash, job)
         todo = [j for j in unique.values() if j.cached_run is None]
-        parent = SweepParent(client, exp_id, cfg, jobs, arguments)
+        parent = open_parent(uri, exp_id, cfg, jobs, arguments)
         log.info(
             f"sweep '{cfg.sweep.name}': {len(unique)} jobs ({len(jobs)} grid cells), "
             f"{len(unique) - len(todo)} cached, {len(todo)} to run; parent run "
             f"{parent.run_id}"
         )
-        extra = [
-            f"tracking.parent_run_id={parent.run_id}",
-            f"sweep.total={len(todo)}",
-            f"sweep.started={t0}",
-        ]
+        extra = SweepContext(parent.run_id, len(todo), t0).hydra_overrides()
         results: list[JobReturn] = []
         try:
             size = self.max_batch_size or max(len(todo), 1)
@@ -285,107 +257,76 @@ class GridsSweeperImpl(Sweeper):
         for job, ret in zip(todo, results, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
-        summary = parent.summarize(list(unique.values()), todo, time.time() - t0)
+        summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0)
         if (summary["status"][~summary["cached"]] == "failed").any():
             raise SystemExit(1)
         return results
 
 
-class SweepParent:
-    """The MLflow parent run of one sweep. A re-run of the same sweep (same set of job
-    hashes) reopens the same parent, so an interrupted sweep finishes under one run."""
-
-    def __init__(
-        self,
-        client: mlflow.MlflowClient,
-        experiment_id: str,
-        cfg: DictConfig,
-        jobs: list[Job],
-        arguments: list[str],
-    ):
-        self.client, self.experiment_id = client, experiment_id
-        hashes = sorted({j.config_hash for j in jobs})
-        self.sweep_hash = hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
-        previous = (
-            []
-            if cfg.sweep.force
-            else search_all(client, experiment_id, f"tags.sweep_hash = '{self.sweep_hash}'")
-        )
-        if previous:
-            run = max(previous, key=lambda r: r.info.start_time)
-            self.run_id = run.info.run_id
-            rid = self.run_id
-            with_retry(client.update_run, rid, status="RUNNING")
-            with_retry(client.set_tag, rid, "resumed", "true")
-            return
-        name = f"sweep-{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {
-            "sweep_hash": self.sweep_hash,
-            "sweep": cfg.sweep.name,
-            "sweep_parent": "true",
-            "host": socket.gethostname(),
-            "pid": str(os.getpid()),
-            "launcher": str(OmegaConf.select(cfg, "hydra.launcher._target_", default="?")),
-        }
-        run = with_retry(client.create_run, experiment_id, run_name=name, tags=tags)
-        self.run_id = rid = run.info.run_id
-        params = [
-            Param("preset", cfg.sweep.name),
-            Param("overrides", " ".join(arguments)[:6000]),
-            Param("n_jobs", str(len(hashes))),
-        ]
-        with_retry(client.log_batch, rid, params=params)
-        table = [
+def open_parent(
+    uri: str, exp_id: str, cfg: DictConfig, jobs: list[Job], arguments: list[str]
+) -> ParentRun:
+    """The sweep's parent run: the one of an earlier run of the same set of jobs (resume), or
+    a new one."""
+    hashes = sorted({j.config_hash for j in jobs})
+    sweep_hash = hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+    previous = (
+        []
+        if cfg.sweep.force
+        else queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
+    )
+    reuse = max(previous, key=lambda r: r.info.start_time).info.run_id if previous else None
+    return ParentRun.open(
+        uri,
+        exp_id,
+        sweep_hash,
+        preset=cfg.sweep.name,
+        launcher=str(OmegaConf.select(cfg, "hydra.launcher._target_", default="?")),
+        params={
+            "preset": cfg.sweep.name,
+            "overrides": " ".join(arguments)[:6000],
+            "n_jobs": str(len(hashes)),
+        },
+        jobs=[
             {"grid": j.grid, "config_hash": j.config_hash, "overrides": j.overrides} for j in jobs
-        ]
-        with_retry(client.log_text, rid, json.dumps(table, indent=1), "jobs.json")
+        ],
+        reuse=reuse,
+    )
 
-    def summarize(self, jobs: list[Job], ran: list[Job], wall: float) -> pd.DataFrame:
-        """Print and log the table of every job's run and the counts; close the parent."""
-        found = search_all(
-            self.client, self.experiment_id, f"tags.`mlflow.parentRunId` = '{self.run_id}'"
-        )
-        # a resumed parent may hold an older failed attempt of the same config: newest wins
-        children = {
-            r.data.tags.get("config_hash"): r
-            for r in sorted(found, key=lambda r: r.info.start_time)
-        }
-        ran_hashes = {j.config_hash for j in ran}
-        rows: list[dict[str, Any]] = []
-        for job in jobs:
-            cached = job.config_hash not in ran_hashes
-            run = (
-                self.client.get_run(job.cached_run)
-                if cached and job.cached_run
-                else children.get(job.config_hash)
-            )
-            rows.append(row_of(job, run, cached))
-        df = pd.DataFrame(rows)
-        counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
-        n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
-        n["cached"] = int(df["cached"].sum())
-        with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(df.drop(columns=["run_id"]).to_string(index=False))
-        print(
-            f"sweep: {len(df)} jobs: {n['finished']} finished, {n['diverged']} diverged, "
-            f"{n['failed']} failed, {n['cached']} cached in {wall:.1f}s; "
-            f"parent run {self.run_id}"
-        )
-        rid, now = self.run_id, int(time.time() * 1000)
-        metrics = [Metric(f"n_{k}", float(v), now, 0) for k, v in n.items()]
-        with_retry(self.client.log_batch, rid, metrics=metrics)
-        with_retry(self.client.log_text, rid, df.to_csv(index=False), "summary.csv")
-        self.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
-        return df
 
-    def close(self, status: int, wall: float, error: str | None = None) -> None:
-        rid = self.run_id
-        tags = [RunTag("error", error[:5000])] if error else []
-        now = int(time.time() * 1000)
-        with_retry(
-            self.client.log_batch, rid, metrics=[Metric("wall_time_s", wall, now, 0)], tags=tags
+def summarize(
+    uri: str, parent: ParentRun, jobs: list[Job], ran: list[Job], wall: float
+) -> pd.DataFrame:
+    """Print and log the table of every job's run and the counts; close the parent. Read back
+    from MLflow, not from the launcher's memory."""
+    parent_run = queries.get_run(uri, parent.run_id)
+    assert parent_run is not None
+    # a resumed parent may hold an older failed attempt of the same config: newest wins
+    found = {r.data.tags.get("config_hash"): r for r in queries.children(uri, parent_run)}
+    ran_hashes = {j.config_hash for j in ran}
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        cached = job.config_hash not in ran_hashes
+        run = (
+            queries.get_run(uri, job.cached_run)
+            if cached and job.cached_run
+            else found.get(job.config_hash)
         )
-        with_retry(self.client.set_terminated, rid, RunStatus.to_string(status))
+        rows.append(row_of(job, run, cached))
+    df = pd.DataFrame(rows)
+    counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
+    n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
+    n["cached"] = int(df["cached"].sum())
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(df.drop(columns=["run_id"]).to_string(index=False))
+    print(
+        f"sweep: {len(df)} jobs: {n['finished']} finished, {n['diverged']} diverged, "
+        f"{n['failed']} failed, {n['cached']} cached in {wall:.1f}s; "
+        f"parent run {parent.run_id}"
+    )
+    parent.log_summary(n, df.to_csv(index=False))
+    parent.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
+    return df
 
 
 def row_of(job: Job, run: Run | None, cached: bool) -> dict[str, Any]:
@@ -405,6 +346,18 @@ def row_of(job: Job, run: Run | None, cached: bool) -> dict[str, Any]:
     }
 
 
+def sweep_context(job_overrides: Sequence[Sequence[str]]) -> SweepContext | None:
+    """The sweep context that the sweeper put in a batch's ``hydra.job.env_set`` overrides
+    (for launchers that run jobs without Hydra's run_job, which would set the environment)."""
+    if not job_overrides:
+        return None
+    prefix = "+hydra.job.env_set."
+    env = dict(
+        o.removeprefix(prefix).split("=", 1) for o in job_overrides[0] if o.startswith(prefix)
+    )
+    return SweepContext.from_env(env)
+
+
 # --- the callback -----------------------------------------------------------------------------
 
 
@@ -416,24 +369,23 @@ class SweepCallback(Callback):
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
         uri = tracking_uri(config)
-        client = get_client(uri)
-        exp_id = ensure_experiment(client, config.tracking.experiment, uri)
-        stale = mark_stale_runs(client, exp_id)
+        exp_id = ensure_experiment(uri, config.tracking.experiment)
+        stale = mark_stale_runs(uri, exp_id)
         if stale:
             log.warning(f"marked {stale} stale RUNNING run(s) KILLED (their process is gone)")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        total = config.sweep.total
-        if not total:
+        context = SweepContext.from_env(config.hydra.job.env_set)
+        if context is None:
             return
         done = config.hydra.job.num + 1
-        elapsed = time.time() - config.sweep.started
-        eta = elapsed / done * (total - done)
+        elapsed = time.time() - context.started
+        eta = elapsed / done * (context.total - done)
         ok = job_return.status == JobStatus.COMPLETED
         value = job_return._return_value
         result = f"mse {value:.3g}" if ok and isinstance(value, float) else "FAILED"
         print(
-            f"[{config.sweep.name}] job {done}/{total} {result} | elapsed {elapsed:.1f}s | "
-            f"ETA {eta:.0f}s",
+            f"[{config.sweep.name}] job {done}/{context.total} {result} | elapsed "
+            f"{elapsed:.1f}s | ETA {eta:.0f}s",
             flush=True,
         )

@@ -1,45 +1,49 @@
-"""Everything MLflow: the store, run names, params, tags, metrics and artifacts of a job.
+"""The MLflow layer: where runs are written. Reads go through :mod:`pipeline.queries`.
 
-This is the only module that talks to MLflow for a job; training knows nothing about it.
-Runs are written with :class:`mlflow.MlflowClient` (explicit run ids, no global active-run
-state, so sweep callbacks and jobs in other processes can nest runs by id).
+Every write of the project comes through here: the store (client, experiment, SQLite
+settings), one job's run (:class:`RunLogger`, a context manager), a sweep's parent run
+(:class:`ParentRun`) and the sweep context that jobs in other processes need
+(:class:`SweepContext`). Runs are written with an explicit :class:`mlflow.MlflowClient` (explicit
+run ids, no global active-run state, so jobs in other processes can nest runs by id).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
 import platform
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any
 
 import hydra
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
-from pipeline.config import PROJECT_ROOT, UNTRACKED_KEYS, Config, schema
-from pipeline.train import History
+from pipeline.config import PROJECT_ROOT
+from pipeline.identity import config_hash, flatten, run_name, to_container
+from pipeline.train import History, engine_of
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
-T = TypeVar("T")
 
 
-# --- the store --------------------------------------------------------------------------------
+# --- the store ----------------------------------------------------------------------------------
 
 
 def tracking_uri(cfg: DictConfig | None = None) -> str:
@@ -55,20 +59,16 @@ def artifact_root(uri: str) -> str | None:
     return None  # a server or other store decides for itself
 
 
-def with_retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``call(*args, **kwargs)``, retried while SQLite is locked by another process of the
-    same sweep (MLflow raises TEMPORARILY_UNAVAILABLE: "database is locked")."""
-    locked = ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
-    attempts = 20
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as exc:
-            busy = exc.error_code == locked or "database is locked" in str(exc)
-            if not busy or attempt == attempts - 1:
-                raise
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-    raise AssertionError("unreachable")
+@event.listens_for(Engine, "connect")
+def _sqlite_settings(dbapi_conn: Any, record: Any) -> None:
+    """SQLite stores, set on every connection of MLflow's engine (SQLAlchemy's public hook):
+    WAL lets readers and one writer work at once, ``synchronous=NORMAL`` is safe under WAL and
+    saves an fsync per commit, and a 30 s busy timeout makes parallel workers wait for the
+    lock instead of failing (SQLite's default is 5 s)."""
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        dbapi_conn.execute("PRAGMA busy_timeout = 30000")
+        dbapi_conn.execute("PRAGMA journal_mode = WAL")
+        dbapi_conn.execute("PRAGMA synchronous = NORMAL")
 
 
 @functools.cache
@@ -82,18 +82,19 @@ def get_client(uri: str) -> mlflow.MlflowClient:
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (uri, name) -> id: one lookup per process
 
 
-def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
+def ensure_experiment(uri: str, name: str) -> str:
     """Id of the experiment ``name``, created (with artifacts beside the store) if missing."""
     if (uri, name) in _EXPERIMENTS:
         return _EXPERIMENTS[uri, name]
-    exp = with_retry(client.get_experiment_by_name, name)
+    client = get_client(uri)
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         exp_id = str(exp.experiment_id)
     else:
         try:
             exp_id = str(client.create_experiment(name, artifact_location=artifact_root(uri)))
         except MlflowException:  # another process created it first
-            exp = with_retry(client.get_experiment_by_name, name)
+            exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
             exp_id = str(exp.experiment_id)
@@ -101,69 +102,7 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
     return exp_id
 
 
-# --- what a run records -----------------------------------------------------------------------
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """Plain resolved dict (enums as their strings), for hashing, params and the YAML artifact."""
-    out = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'lr': 0.03}} -> {'optim.lr': 0.03}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Stable hash of what determines the result: the config without tracking/sweep keys."""
-    tree = {k: v for k, v in to_container(cfg).items() if k not in UNTRACKED_KEYS}
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@functools.cache
-def schema_defaults() -> dict[str, Any]:
-    return flatten(to_container(schema()))
-
-
-def run_name(cfg: DictConfig) -> str:
-    """Short, readable and distinct within a sweep: the always-interesting keys, plus every
-    other key that differs from the schema default."""
-    if cfg.tracking.run_name:
-        return str(cfg.tracking.run_name)
-    loss = cfg.loss.name.value + ("-sum" if cfg.loss.reduction.value == "sum" else "")
-    parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
-    defaults = schema_defaults()
-    shown = {"model.name", "loss.name", "loss.reduction", "optim.lr", "train.batch_size", "seed"}
-    short = {
-        "data.n": "n",
-        "train.epochs": "ep",
-        "init.name": "",
-        "data.outliers.fraction": "out",
-        "train.drop_last": "droplast",
-        "loss.delta": "d",
-        "data.noise": "noise",
-    }
-    for key, value in flatten(to_container(cfg)).items():
-        if key in shown or key.split(".")[0] in UNTRACKED_KEYS or defaults.get(key) == value:
-            continue
-        label = short.get(key, key.rsplit(".", 1)[-1])
-        parts.append(
-            label
-            if value is True
-            else f"{label}{value:g}"
-            if isinstance(value, float)
-            else f"{label}{value}"
-        )
-    parts.append(f"s{cfg.seed}")
-    return "-".join(parts)
+# --- what a run records -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -215,11 +154,12 @@ def version_tags() -> dict[str, str]:
     }
 
 
-def run_tags(cfg: DictConfig) -> dict[str, str]:
+def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
     tags = {
         "model": cfg.model.name.value,
         "loss": cfg.loss.name.value,
         "reduction": cfg.loss.reduction.value,
+        "engine": engine_of(cfg),  # the code that trained it: scratch, linear or stacked
         "config_hash": config_hash(cfg),
         "sweep": cfg.sweep.name,
         **version_tags(),
@@ -232,8 +172,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "mlflow.source.name": "pipeline",
         "mlflow.source.git.commit": git_state().commit,
     }
-    if cfg.tracking.parent_run_id:  # explicit, so nesting holds for jobs in other processes
-        tags[MLFLOW_PARENT_RUN_ID] = cfg.tracking.parent_run_id
+    if parent_run_id:  # explicit, so nesting holds for jobs in other processes
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     return tags
 
 
@@ -265,46 +205,99 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     return out
 
 
-# --- one run ----------------------------------------------------------------------------------
+# --- the sweep context of a job -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """Runtime state a sweep hands its jobs: not configuration, so it travels in the job's
+    environment (Hydra's ``hydra.job.env_set``, set in whichever process runs the job) and
+    never in its overrides, params or config hash."""
+
+    parent_run_id: str  # the sweep's MLflow parent run
+    total: int  # jobs the sweep launches (progress lines)
+    started: float  # the sweep's start time (progress lines)
+
+    ENV = {
+        "parent_run_id": "LINREG_PARENT_RUN_ID",
+        "total": "LINREG_SWEEP_TOTAL",
+        "started": "LINREG_SWEEP_STARTED",
+    }
+
+    def hydra_overrides(self) -> list[str]:
+        return [f"+hydra.job.env_set.{var}={getattr(self, k)}" for k, var in self.ENV.items()]
+
+    @classmethod
+    def from_env(cls, env: Any = None) -> SweepContext | None:
+        env = os.environ if env is None else env
+        if cls.ENV["parent_run_id"] not in env:
+            return None
+        return cls(
+            env[cls.ENV["parent_run_id"]],
+            int(env[cls.ENV["total"]]),
+            float(env[cls.ENV["started"]]),
+        )
+
+
+# --- one run ------------------------------------------------------------------------------------
 
 
 class RunLogger:
-    """Opens the run of one job, logs it in a few batched calls (tags at creation; params,
-    metrics and tags in one log_batch; artifacts in one upload), and always closes it:
-    FINISHED (diverged or not), FAILED with the error as a tag, or KILLED on Ctrl-C/SIGTERM."""
+    """The MLflow run of one job, as a context manager::
+
+        with RunLogger(cfg, overrides) as run:
+            run.finish(train_one(cfg))
+
+    It opens the run on entry (tags at creation) and always closes it on exit: FINISHED with
+    every param, metric and tag in one ``log_batch`` (diverged or not), FAILED with the error as
+    a tag, or KILLED on Ctrl-C/SIGTERM."""
 
     def __init__(
         self,
         cfg: DictConfig,
         overrides: list[str] | None = None,
         extra_tags: dict[str, str] | None = None,
+        context: SweepContext | None = None,
     ):
         self.cfg, self.uri = cfg, tracking_uri(cfg)
-        self.tree = to_container(cfg)  # the resolved config, once
-        self.extra_tags = extra_tags or {}
-        self.client = get_client(self.uri)
-        self.experiment_id = ensure_experiment(self.client, cfg.tracking.experiment, self.uri)
         self.overrides = overrides or []
-        self.run_id: str | None = None
+        self.extra_tags = extra_tags or {}
+        self.context = context
+        self.client = get_client(self.uri)
+        self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment)
+        self.run_id = ""
+        self._hist: History | None = None
+        self._extra_metrics: dict[str, float] = {}
 
-    def start(self) -> str:
-        run = with_retry(
-            self.client.create_run,
+    def __enter__(self) -> RunLogger:
+        parent = self.context.parent_run_id if self.context else None
+        run = self.client.create_run(
             self.experiment_id,
             run_name=run_name(self.cfg),
-            tags={**run_tags(self.cfg), **self.extra_tags},
+            tags={**run_tags(self.cfg, parent), **self.extra_tags},
         )
         self.run_id = run.info.run_id
-        return self.run_id
+        return self
 
-    def finish(self, hist: History) -> None:
-        metrics = history_metrics(hist, int(time.time() * 1000))
-        self._close(RunStatus.FINISHED, metrics, {"diverged": str(hist.diverged).lower()})
+    def finish(self, hist: History, **metrics: float) -> None:
+        """What the job measured; logged when the block exits without an error."""
+        self._hist, self._extra_metrics = hist, metrics
 
-    def fail(self, exc: BaseException) -> None:
-        if self.run_id is None:
-            return
-        if isinstance(exc, KeyboardInterrupt):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            if self._hist is None:
+                self._close(RunStatus.FAILED, [], {"error": "the job logged no history"})
+                return
+            now = int(time.time() * 1000)
+            metrics = history_metrics(self._hist, now)
+            metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
+            self._close(RunStatus.FINISHED, metrics, {"diverged": str(self._hist.diverged).lower()})
+        elif isinstance(exc, KeyboardInterrupt):
             self._close(RunStatus.KILLED, [], {"error": "interrupted"})
         else:
             self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
@@ -312,7 +305,7 @@ class RunLogger:
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
         files = {
-            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(self.tree)),
+            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg))),
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(self.overrides)),
         }
         if git_state().dirty:
@@ -320,36 +313,93 @@ class RunLogger:
         return files
 
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
-        run_id = self.run_id
-        assert run_id is not None
-        params = [Param(k, str(v)) for k, v in flatten(self.tree).items()]
+        params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
-        with_retry(self.client.log_batch, run_id, metrics=metrics, params=params, tags=run_tags_)
+        self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
         with tempfile.TemporaryDirectory() as tmp:
             for name, text in self.artifacts().items():
                 (Path(tmp) / name).write_text(text)
-            with_retry(self.client.log_artifacts, run_id, tmp)
-        with_retry(self.client.set_terminated, run_id, RunStatus.to_string(status))
+            self.client.log_artifacts(self.run_id, tmp)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
 
 
-def load_run_config(client: mlflow.MlflowClient, run_id: str) -> DictConfig:
-    """The resolved config a run logged (its config.yaml artifact), typed by the schema."""
-    with tempfile.TemporaryDirectory() as tmp:
-        loaded = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), loaded)
-    assert isinstance(cfg, DictConfig)
-    return cfg
+# --- a sweep's parent run -----------------------------------------------------------------------
 
 
-def latest_sweep(client: mlflow.MlflowClient, experiment: str = "linreg") -> Run | None:
-    """The newest sweep parent run of the experiment, if any."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        "tags.sweep_parent = 'true'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    return runs[0] if runs else None
+class ParentRun:
+    """The MLflow parent run of one sweep, identified by the hash of its set of jobs: a re-run
+    of the same sweep reopens it, so an interrupted sweep finishes under one run."""
+
+    def __init__(self, uri: str, experiment_id: str, run_id: str):
+        self.client, self.experiment_id, self.run_id = get_client(uri), experiment_id, run_id
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        experiment_id: str,
+        sweep_hash: str,
+        preset: str,
+        launcher: str,
+        params: dict[str, str],
+        jobs: list[dict[str, Any]],
+        reuse: str | None,
+    ) -> ParentRun:
+        """Reopen the run ``reuse`` (RUNNING again, tagged resumed) or create a new one."""
+        client = get_client(uri)
+        liveness = {"host": socket.gethostname(), "pid": str(os.getpid())}
+        if reuse:
+            client.update_run(reuse, status="RUNNING")
+            client.log_batch(
+                reuse, tags=[RunTag("resumed", "true")] + [RunTag(*kv) for kv in liveness.items()]
+            )
+            return cls(uri, experiment_id, reuse)
+        tags = {
+            "sweep_hash": sweep_hash,
+            "sweep": preset,
+            "sweep_parent": "true",
+            "launcher": launcher,
+            **liveness,
+        }
+        name = f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        client.log_text(run_id, json.dumps(jobs, indent=1), "jobs.json")
+        return cls(uri, experiment_id, run_id)
+
+    def log_summary(self, counts: dict[str, int], summary_csv: str) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"n_{k}", float(v), now, 0) for k, v in counts.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        self.client.log_text(self.run_id, summary_csv, "summary.csv")
+
+    def close(self, status: int, wall: float, error: str | None = None) -> None:
+        tags = [RunTag("error", error[:5000])] if error else []
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric("wall_time_s", wall, now, 0)], tags=tags)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+
+
+def mark_stale_runs(uri: str, experiment_id: str) -> int:
+    """RUNNING runs started on this host by a process that is gone (SIGKILL, power loss) are
+    marked KILLED: MLflow has no heartbeat, so nothing else would ever close them."""
+    from pipeline.queries import search_all
+
+    client = get_client(uri)
+    host, stale = socket.gethostname(), 0
+    for run in search_all(uri, experiment_id, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["pid"]), 0)
+            continue  # still alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        rid = run.info.run_id
+        client.set_tag(rid, "error", "stale: its process is gone")
+        client.set_terminated(rid, "KILLED")
+        stale += 1
+    return stale

@@ -1,29 +1,41 @@
-"""Training: d2l 3.2 (from scratch) and 3.3 (concise) linear regression, side by side.
+"""The training loop: one loop for every engine.
 
-Nothing here knows about MLflow or printing: :func:`train` returns a :class:`History` and calls
-an optional ``on_epoch`` hook, and the job (``pipeline.job``) decides what to do with both.
+It owns what all trainers share: the data and initial weights (drawn from generators seeded
+from ``seed``), the batch order, the per-epoch full-data metrics, divergence detection, and the
+History. What varies plugs in as a :class:`pipeline.steps.Step`: the d2l 3.2 scratch code, the
+d2l 3.3 ``nn.Linear`` code, or the stacked closed form that trains K configs at once.
 
-Both models draw the same data, initial weights and batch order from the same generators, so
-with the same loss, reduction and lr their trajectories agree to floating-point tolerance; the
-tests use that to prove the scratch code against PyTorch's.
+Nothing here knows about MLflow or printing: :func:`train` returns one History per config and
+calls an optional ``on_epoch`` hook; the job (``pipeline.job``) decides what to do with both.
+
+Same seed ⇒ the same data, initial weights and batches for every engine, so with the same loss,
+reduction and lr the scratch, linear and stacked trajectories agree to floating-point rounding.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
-from omegaconf import DictConfig
-from torch import nn
-from torch.utils import data
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import InitName, LossName, ModelName, Reduction
-from pipeline.data import Generators, make_generators, ols, synthetic_data
+from pipeline.config import (
+    ConfigError,
+    EngineName,
+    InitName,
+    LossName,
+    ModelName,
+    effective_lr,
+    planned_epochs,
+)
+from pipeline.data import Generators, make_generators, ols, synthetic_data, with_bias_column
+from pipeline.losses import STACKABLE
+from pipeline.steps import EpochOrder, make_step
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
 
 
@@ -62,174 +74,64 @@ class History:
         return math.inf if self.diverged else self.epochs["mse"][-1]
 
 
-# --- losses written by hand (d2l 3.2) ---------------------------------------------------------
+# --- which engine trains a config ---------------------------------------------------------------
 
 
-def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d2l's squared loss, per sample: (y_hat - y)^2 / 2."""
-    return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+def engine_of(cfg: DictConfig) -> str:
+    """The code that trains a resolved config: ``scratch``, ``linear`` or ``stacked`` (the
+    run's ``engine`` tag)."""
+    engine = EngineName(cfg.train.engine)
+    if engine == EngineName.auto:
+        raise ValueError("train.engine=auto: resolve_engine() first")
+    return "stacked" if engine == EngineName.stacked else ModelName(cfg.model.name).value
 
 
-def mse_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (y_hat - y.reshape(y_hat.shape)) ** 2
+def resolve_engine(cfg: DictConfig, stacking: bool) -> None:
+    """Settle ``train.engine=auto`` in place: ``stacked`` under a stacking launcher when the loss
+    has a closed form, else the model's own ``d2l`` code. The resolved value is part of the
+    config (and of its hash): a cached stacked run never stands in for a d2l one."""
+    engine = EngineName(cfg.train.engine)
+    stackable = LossName(cfg.loss.name) in STACKABLE
+    if engine == EngineName.auto:
+        engine = EngineName.stacked if stacking and stackable else EngineName.d2l
+        cfg.train.engine = engine
+    if engine == EngineName.stacked and not stackable:
+        raise ConfigError(
+            f"train.engine=stacked: loss {cfg.loss.name.value} has no closed form in the stacked "
+            f"engine; use train.engine=d2l or auto"
+        )
 
 
-def huber_loss(y_hat: torch.Tensor, y: torch.Tensor, delta: float) -> torch.Tensor:
-    """PyTorch's Huber, per sample: r^2/2 inside |r| < delta, delta(|r| - delta/2) outside."""
-    r = (y_hat - y.reshape(y_hat.shape)).abs()
-    return torch.where(r < delta, 0.5 * r**2, delta * (r - 0.5 * delta))
+def schedule_key(cfg: DictConfig) -> str:
+    """Configs with equal keys share data and batch order, so the stacked engine can train
+    them as one computation."""
+    t = cfg.train
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return json.dumps(
+        [
+            data,
+            cfg.seed,
+            t.batch_size,
+            planned_epochs(cfg),
+            t.drop_last,
+            t.dtype.value,
+            t.log_every,
+        ],
+        sort_keys=True,
+    )
 
 
-def reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    # mean divides by the real batch length: d2l's sgd divides by the nominal batch size, which
-    # over-shrinks the last partial batch (exercise 3.2.7).
-    return per_sample.mean() if reduction == Reduction.mean else per_sample.sum()
+def group_by_schedule(cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """Indices of ``cfgs`` in trainable groups: stacked configs by schedule, every other config
+    alone (its d2l step trains one model)."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        key = schedule_key(cfg) if engine_of(cfg) == "stacked" else f"alone-{i}"
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
-class HalfMSELoss(nn.MSELoss):
-    """nn.MSELoss / 2: d2l's squared loss for the concise model."""
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().forward(input, target) / 2
-
-
-# --- the two models ---------------------------------------------------------------------------
-
-
-class Model(Protocol):
-    def batches(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[Batch]: ...
-    def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-    def step(self, loss: torch.Tensor) -> torch.Tensor: ...
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def data_iter(
-    batch_size: int,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    gen: torch.Generator,
-    drop_last: bool = False,
-) -> Iterator[Batch]:
-    """d2l's data_iter with a seeded permutation (the DataLoader's order too) and drop_last."""
-    n = len(features)
-    indices = torch.randperm(n, generator=gen)
-    stop = n - n % batch_size if drop_last else n
-    for i in range(0, stop, batch_size):
-        batch = indices[i : i + batch_size]
-        yield features[batch], labels[batch]
-
-
-def sgd(params: list[torch.Tensor], lr: float) -> None:
-    """Minibatch SGD on the gradient of the already reduced loss (no division by batch size)."""
-    with torch.no_grad():
-        for param in params:
-            assert param.grad is not None
-            param -= lr * param.grad
-            param.grad.zero_()
-
-
-def _grad_norm(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """‖(∇w, ∇b)‖₂ in three small ops (clip_grad's total norm costs several times more)."""
-    assert w.grad is not None and b.grad is not None
-    return torch.hypot(torch.linalg.vector_norm(w.grad), torch.linalg.vector_norm(b.grad))
-
-
-class EpochBatchSampler(data.Sampler[torch.Tensor]):
-    """Index tensors of one shuffled epoch: the same single randperm per epoch as data_iter
-    (RandomSampler draws a second, empty one at the end, so the two streams would drift)."""
-
-    def __init__(self, n: int, batch_size: int, drop_last: bool, gen: torch.Generator):
-        self.n, self.batch_size, self.drop_last, self.gen = n, batch_size, drop_last, gen
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        stop = self.n - self.n % self.batch_size if self.drop_last else self.n
-        return iter(torch.randperm(self.n, generator=self.gen)[:stop].split(self.batch_size))
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-
-class ScratchModel:
-    """d2l 3.2: raw tensors, linreg, hand-written loss, data_iter and sgd."""
-
-    def __init__(self, w0: torch.Tensor, b0: torch.Tensor, cfg: DictConfig, gen: torch.Generator):
-        self.w = w0.reshape(-1, 1).clone().requires_grad_(True)
-        self.b = b0.reshape(1).clone().requires_grad_(True)
-        self.cfg, self.gen = cfg, gen
-        # plain copies: reading a DictConfig on every update costs more than the update
-        self.lr, self.reduction = float(cfg.optim.lr), Reduction(cfg.loss.reduction)
-        name, delta = cfg.loss.name, cfg.loss.delta
-        self.per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = {
-            LossName.squared: squared_loss,
-            LossName.mse: mse_loss,
-            LossName.huber: lambda y_hat, y: huber_loss(y_hat, y, delta),
-        }[name]
-
-    def batches(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[Batch]:
-        t = self.cfg.train
-        return data_iter(t.batch_size, X, y, self.gen, t.drop_last)
-
-    def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return reduce(self.per_sample(X @ self.w + self.b, y), self.reduction)
-
-    def step(self, loss: torch.Tensor) -> torch.Tensor:
-        loss.backward()
-        norm = _grad_norm(self.w, self.b)
-        sgd([self.w, self.b], self.lr)
-        return norm
-
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.w.detach().reshape(-1), self.b.detach().reshape(())
-
-
-class LinearModel:
-    """d2l 3.3: nn.Sequential(nn.Linear), DataLoader(TensorDataset), nn losses, optim.SGD."""
-
-    def __init__(self, w0: torch.Tensor, b0: torch.Tensor, cfg: DictConfig, gen: torch.Generator):
-        d = len(w0)
-        self.layer = nn.Linear(d, 1, dtype=w0.dtype)
-        self.net = nn.Sequential(self.layer)
-        with torch.no_grad():
-            self.layer.weight.copy_(w0.reshape(1, d))
-            self.layer.bias.copy_(b0.reshape(1))
-        self.cfg, self.gen = cfg, gen
-        reduction = cfg.loss.reduction.value
-        self.loss_fn: nn.Module = {
-            LossName.squared: lambda: HalfMSELoss(reduction=reduction),
-            LossName.mse: lambda: nn.MSELoss(reduction=reduction),
-            LossName.huber: lambda: nn.HuberLoss(reduction=reduction, delta=cfg.loss.delta),
-        }[cfg.loss.name]()
-        self.trainer = torch.optim.SGD(self.net.parameters(), lr=cfg.optim.lr)
-
-    def batches(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[Batch]:
-        # A batch sampler with batch_size=None hands TensorDataset a whole index tensor at once:
-        # one gather per batch instead of d2l's per-sample collation.
-        t = self.cfg.train
-        sampler = EpochBatchSampler(len(X), t.batch_size, t.drop_last, self.gen)
-        dataset = data.TensorDataset(X, y)
-        return iter(data.DataLoader(dataset, sampler=sampler, batch_size=None))
-
-    def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.net(X), y)
-
-    def step(self, loss: torch.Tensor) -> torch.Tensor:
-        self.trainer.zero_grad()
-        loss.backward()
-        norm = _grad_norm(self.layer.weight, self.layer.bias)
-        self.trainer.step()
-        return norm
-
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layer.weight.detach().reshape(-1), self.layer.bias.detach().reshape(())
-
-
-MODELS: dict[ModelName, type[ScratchModel] | type[LinearModel]] = {
-    ModelName.scratch: ScratchModel,
-    ModelName.linear: LinearModel,
-}
-
-
-# --- set-up and the loop ----------------------------------------------------------------------
+# --- set-up -------------------------------------------------------------------------------------
 
 
 def torch_dtype(cfg: DictConfig) -> torch.dtype:
@@ -246,26 +148,13 @@ def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
 
 
 def init_params(cfg: DictConfig, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial (w, b), drawn once so that both models start from the same point."""
+    """Initial (w, b), drawn from the config's own init stream."""
     w = torch.zeros(1, d, dtype=torch_dtype(cfg))  # nn.Linear's (out, in) layout for fan-in/out
     if cfg.init.name == InitName.normal:
-        nn.init.normal_(w, 0.0, cfg.init.std, generator=gen)
+        torch.nn.init.normal_(w, 0.0, cfg.init.std, generator=gen)
     elif cfg.init.name == InitName.xavier:
-        nn.init.xavier_uniform_(w, gain=cfg.init.gain, generator=gen)
+        torch.nn.init.xavier_uniform_(w, gain=cfg.init.gain, generator=gen)
     return w.reshape(-1), torch.zeros((), dtype=w.dtype)
-
-
-def evaluate(model: Model, p: Problem) -> dict[str, float]:
-    """Full-data metrics: the run's own loss (what d2l prints) and the loss-independent ones."""
-    with torch.no_grad():
-        w, b = model.params()
-        residual = p.X @ w + b - p.y.reshape(-1)
-        return {
-            "train_loss": float(model.loss(p.X, p.y)),
-            "mse": float((residual**2).mean()),
-            "w_error": float(torch.linalg.vector_norm(p.true_w - w)),
-            "b_error": abs(p.true_b - float(b)),
-        }
 
 
 def divergence_limit(cfg: DictConfig, initial_loss: float) -> float:
@@ -274,67 +163,123 @@ def divergence_limit(cfg: DictConfig, initial_loss: float) -> float:
     return float(cfg.train.divergence_ratio * max(initial_loss, 1.0))
 
 
-def train_epoch(
-    model: Model,
-    p: Problem,
-    hist: History,
-    log_every: int,
-    limit: float,
-    norms: list[torch.Tensor],
-) -> bool:
-    """One pass over the data; False as soon as a batch loss is nan/inf or above ``limit``
-    (the run diverged: the update is not taken). Gradient norms are collected as tensors in
-    ``norms`` and converted once at the end (a float() per update costs a sync each)."""
-    for X, y in model.batches(p.X, p.y):
-        loss = model.loss(X, y)
-        step = hist.updates + 1
-        value = float(loss.detach())
-        if not value <= limit:  # also catches nan
-            hist.diverged_at_step = step
-            return False
-        norm = model.step(loss)
-        hist.updates = step
-        if step % log_every == 0:
-            hist.steps.append(step)
-            hist.batch_loss.append(value)
-            norms.append(norm)
-    return True
+# --- the loop -----------------------------------------------------------------------------------
+
+EpochHook = Callable[[int, dict[str, float]], None]
 
 
-def train(
-    cfg: DictConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None
-) -> History:
-    """Train one config from its seed; deterministic on CPU for a given config."""
-    gens = make_generators(cfg.seed)
-    p = make_problem(cfg, gens)
-    w0, b0 = init_params(cfg, len(p.true_w), gens.init)
-    model: Model = MODELS[cfg.model.name](w0, b0, cfg, gens.batches)
-    hist = History()
+def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list[History]:
+    """Train configs that share a schedule (one config, unless they are all stacked) with
+    their resolved engine; one History per config, deterministic on the CPU.
 
-    def record(epoch: int) -> bool:
-        metrics = evaluate(model, p)
-        if not all(math.isfinite(v) for v in metrics.values()):
-            hist.diverged_at_step = max(hist.updates, 1)
-            return False
-        for k, v in metrics.items():
-            hist.epochs[k].append(v)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        return True
+    A model whose batch loss is nan/inf or above its divergence limit stops there, before that
+    update: it keeps its parameters and rides along with lr 0, so the hot loop needs no mask.
+    ``on_epoch`` sees the first model's metrics (a single job prints them)."""
+    engines = {engine_of(c) for c in cfgs}
+    if len(engines) != 1 or len({schedule_key(c) for c in cfgs}) != 1:
+        raise ValueError("train() needs configs of one engine and schedule: group_by_schedule")
+    (engine,) = engines
+    first = cfgs[0]
+    K = len(cfgs)
+    gens = make_generators(first.seed)
+    p = make_problem(first, gens)
+    n, d = p.X.shape
+    A, y = with_bias_column(p.X), p.y.reshape(-1, 1)
+    # each config draws its own initial weights from a fresh init stream
+    inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
+    step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
+    lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=p.X.dtype)
+    limit = torch.full((K,), math.inf, dtype=p.X.dtype)
+    hists = [History() for _ in cfgs]
+    alive = set(range(K))
+    frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
+    updates = [0] * K
 
-    norms: list[torch.Tensor] = []
-    if record(0):
-        limit = divergence_limit(cfg, hist.epochs["train_loss"][0])
-        for epoch in range(1, cfg.train.epochs + 1):
-            if not (
-                train_epoch(model, p, hist, cfg.train.log_every, limit, norms) and record(epoch)
-            ):
-                break
-    hist.grad_norm = torch.stack(norms).tolist() if norms else []
+    def freeze(k: int, at_step: int, taken: int) -> None:
+        hists[k].diverged_at_step, updates[k] = at_step, taken
+        frozen[k] = step.params()[k].clone()
+        alive.discard(k)
+        lr[k], limit[k] = 0.0, math.inf
 
-    w, b = model.params()
-    hist.w_hat, hist.b_hat = [float(v) for v in w], float(b)
+    def record(epoch: int, t: int) -> None:
+        """Full-data metrics of the live models; a non-finite one ends that model."""
+        theta = step.params()
+        r = A @ theta.T - y  # (n, K)
+        columns = {
+            "train_loss": step.full_loss(p.X, p.y),
+            "mse": (r**2).mean(0),
+            "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
+            "b_error": (theta[:, d] - p.true_b).abs(),
+        }
+        table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
+        for k in sorted(alive):
+            if not all(math.isfinite(v) for v in table[k]):
+                freeze(k, max(t, 1), t)
+                continue
+            for key, value in zip(EPOCH_METRICS, table[k], strict=True):
+                hists[k].epochs[key].append(value)
+        if on_epoch is not None and 0 in alive:
+            on_epoch(epoch, dict(zip(EPOCH_METRICS, table[0], strict=True)))
+
+    record(0, 0)
+    for k in alive:
+        limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
+    # plain values: a DictConfig read per update would cost more than the update
+    epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
+    drop_last, log_every = bool(first.train.drop_last), int(first.train.log_every)
+    log_steps: list[int] = []
+    log_loss: list[torch.Tensor] = []
+    log_grad: list[torch.Tensor] = []  # norms taken once at the end
+    t = 0
+    for epoch in range(1, epochs + 1):
+        if not alive:
+            break
+        # one randperm per epoch: d2l's data_iter order, and the DataLoader's
+        order = EpochOrder(torch.randperm(n, generator=gens.batches), batch_size, drop_last)
+        for Xb, yb in step.batches(p.X, p.y, order):
+            t += 1
+            loss = step.batch_loss(Xb, yb)
+            ok = loss <= limit  # `not <=` also catches nan
+            if not ok.all():
+                for k in torch.nonzero(~ok).flatten().tolist():
+                    if k in alive:
+                        freeze(k, t, t - 1)
+                if not alive:
+                    break
+            grad = step.update(lr)
+            if t % log_every == 0:
+                log_steps.append(t)
+                log_loss.append(loss)
+                log_grad.append(grad)
+        if alive:
+            record(epoch, t)
+
+    loss_t = torch.stack(log_loss, 1).tolist() if log_loss else [[] for _ in cfgs]
+    norm_t = (
+        torch.linalg.vector_norm(torch.stack(log_grad, 1), dim=2).tolist()
+        if log_grad
+        else [[] for _ in cfgs]
+    )
     w_ols, b_ols = ols(p.X, p.y)
-    hist.ols_w_error = float(torch.linalg.vector_norm(p.true_w - w_ols))
-    hist.ols_b_error = abs(p.true_b - float(b_ols))
-    return hist
+    ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
+    ols_b = abs(p.true_b - float(b_ols))
+    theta = step.params()
+    for k, h in enumerate(hists):
+        final = frozen.get(k, theta[k])
+        if k not in frozen:
+            updates[k] = t
+        # a model logs the steps it took: those before the one where it diverged
+        keep = bisect.bisect_right(log_steps, updates[k])
+        h.steps, h.batch_loss, h.grad_norm = log_steps[:keep], loss_t[k][:keep], norm_t[k][:keep]
+        h.updates = updates[k]
+        h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
+        h.ols_w_error, h.ols_b_error = ols_w, ols_b
+    return hists
+
+
+def train_one(cfg: DictConfig, on_epoch: EpochHook | None = None) -> History:
+    """Train one resolved config (``train.engine=auto`` means its d2l code)."""
+    if EngineName(cfg.train.engine) == EngineName.auto:
+        cfg = cfg.copy()
+        resolve_engine(cfg, stacking=False)
+    return train([cfg], on_epoch)[0]

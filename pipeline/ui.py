@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 
-import mlflow
-
-from pipeline.tracking import latest_sweep, tracking_uri
+from pipeline.queries import latest_sweep
+from pipeline.tracking import tracking_uri
 
 
 def latest_sweep_url(uri: str, base: str) -> str | None:
-    parent = latest_sweep(mlflow.MlflowClient(tracking_uri=uri))
+    parent = latest_sweep(uri)
     if parent is None:
         return None
     return f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"

@@ -69,6 +69,10 @@ BAD = {
     "+optim.lrr=0.1": "optim.lrr",
     "+foo=1": "foo",
     "+data.outliers.size=3": "data.outliers.size",
+    "seed=-1": "seed",
+    "data.true_w=[nan,1]": "data.true_w",
+    "loss.delta=inf": "loss.delta",
+    "data.true_b=-inf": "data.true_b",
 }
 
 
@@ -106,7 +110,10 @@ def test_cli_bad_value_prints_one_line_and_creates_nothing(
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == ["error: optim.lrr: unknown config key; allowed keys in optim: lr"]
+    assert lines == [
+        "error: optim.lrr: unknown config key; allowed keys in optim: lr, lr_scaling, "
+        "reference_batch_size"
+    ]
     assert_no_runs(client)
 
 
@@ -125,3 +132,24 @@ def test_schema_knows_every_yaml_key() -> None:
         "sweep",
         "seed",
     }
+
+
+def test_readme_defaults_are_the_yaml_values() -> None:
+    # Defaults are written once, in conf/: the README's table must say the same (a drifted
+    # README is a bug this test catches). Rows of one dotted key and one value are checked.
+    import re
+
+    import yaml
+
+    from pipeline.identity import flatten, to_container
+
+    values = flatten(to_container(compose_cfg()))
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", readme, re.M)
+    checked = 0
+    for key, shown in rows:
+        if key in values:
+            value = float(shown) if isinstance(values[key], float) else yaml.safe_load(shown)
+            assert value == values[key], f"README says {key}={shown}, conf/ {values[key]}"
+            checked += 1
+    assert checked >= 15

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.data import make_generators
-from pipeline.report import build_report
+from pipeline.report import ReportError, build_report
+from pipeline.report import main as report_main
 from pipeline.train import make_problem
 from tests.conftest import compose_cfg
+from tests.test_sweep import run_app
 
-# The real presets' grid names with fewer cells, so the test sweep takes seconds.
+# A few cells of the real presets, so the test sweep takes seconds. Sections select runs by
+# their params, so the grid names do not matter.
 SMALL_PRESET = """\
 # @package _global_
 sweep:
@@ -24,47 +24,36 @@ sweep:
 hydra:
   sweeper:
     grids:
-      lr:
+      some_lr:
         model: linear
+        train.engine: d2l
         optim.lr: 0.03,0.3,3
-      reduction_mean:
+      sum_scaled:
         model: linear
-        optim.lr: 0.03
-      reduction_sum_scaled:
-        model: linear
+        train.engine: d2l
         loss.reduction: sum
-        optim.lr: ${scaled:0.03,${train.batch_size},1,-1}
-      reduction_sum_unscaled:
+        optim.lr_scaling: inverse
+        optim.reference_batch_size: 1
+      sum_unscaled:
         model: linear
+        train.engine: d2l
         train.batch_size: 100
         loss.reduction: sum
-        optim.lr: 0.03
-      loss:
+      some_loss:
         loss: mse,huber
         data: outliers
 """
 
 
 @pytest.fixture
-def small_sweep(tmp_path: Path, client: mlflow.MlflowClient) -> mlflow.entities.Run:
+def small_sweep(
+    tmp_path: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> mlflow.entities.Run:
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
     (tmp_path / "conf" / "sweep" / "report_small.yaml").write_text(SMALL_PRESET)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "-m",
-            "sweep=report_small",
-            f"hydra.searchpath=[file://{tmp_path}/conf]",
-            f"hydra.sweep.dir={tmp_path}/mr",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=600,
+    run_app(
+        monkeypatch, tmp_path, "sweep=report_small", f"hydra.searchpath=[file://{tmp_path}/conf]"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     exp = client.get_experiment_by_name("linreg")
     parents = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
     assert len(parents) == 1
@@ -125,7 +114,7 @@ def test_report_numbers_come_from_the_runs(
         and r.data.params["optim.lr"] == "0.03"
         and r.data.params["data.outliers.fraction"] == "0.0"
     )
-    total = next(r for r in runs if r.data.params["optim.lr"] == "0.003")
+    total = next(r for r in runs if r.data.params["optim.lr_scaling"] == "inverse")
     expected = max(
         float(np.abs(hist(mean, k) - hist(total, k)).max()) for k in ("mse", "w_error", "b_error")
     )
@@ -176,6 +165,11 @@ def test_report_numbers_come_from_the_runs(
     assert (tmp_path / "report" / "report.md").read_text() == markdown
 
 
-def test_report_without_a_sweep_says_so(client: mlflow.MlflowClient) -> None:
-    with pytest.raises(SystemExit, match="no sweep"):
+def test_report_without_a_sweep_says_so(
+    client: mlflow.MlflowClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ReportError, match="no sweep"):
         build_report("latest")
+    assert report_main(["--sweep", "0" * 32]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: no run")

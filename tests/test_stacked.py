@@ -1,22 +1,27 @@
-"""Stacked training agrees with the sequential path, config by config."""
+"""The stacked engine agrees with the d2l codes config by config, and the stacked launcher
+logs what it trained (engine tag, run name) with the contract of a sequential job."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.entities import Run
 
-from pipeline.config import PROJECT_ROOT
-from pipeline.stacked import group_by_schedule, train_stacked
-from pipeline.train import EPOCH_METRICS, History, train
+from pipeline.config import ConfigError
+from pipeline.train import (
+    EPOCH_METRICS,
+    History,
+    group_by_schedule,
+    resolve_engine,
+    train,
+    train_one,
+)
 from tests.conftest import compose_cfg
 from tests.test_sweep import run_app
 
@@ -66,87 +71,96 @@ MIXED = (
         ("init=xavier", "loss=huber", "loss.delta=0.1"),
         ("train.batch_size=300", "train.drop_last=true"),
         ("train.batch_size=300", "seed=1"),
+        ("optim.lr_scaling=sqrt", "train.batch_size=300"),
     ]
 )
 
 
-def test_mixed_grid_matches_sequential_run_by_run() -> None:
-    cfgs = [compose_cfg(*o) for o in MIXED]
+def test_mixed_grid_matches_the_d2l_codes_run_by_run() -> None:
+    cfgs = [compose_cfg("train.engine=stacked", *o) for o in MIXED]
     groups = group_by_schedule(cfgs)
     assert len(groups) == 4  # B=10 | B=300 | B=300 drop_last | B=300 seed 1
     diverged = 0
     for idx in groups:
-        for i, hist in zip(idx, train_stacked([cfgs[i] for i in idx]), strict=True):
-            seq = train(cfgs[i])
+        for i, hist in zip(idx, train([cfgs[i] for i in idx]), strict=True):
+            seq = train_one(compose_cfg(*MIXED[i]))  # the model's own d2l code
             assert_same(hist, seq)
             diverged += seq.diverged
     assert diverged == 8  # the lr-5 cells: the grid really mixes both outcomes
 
 
 def test_log_every_and_many_epochs() -> None:
-    cfgs = [
-        compose_cfg("train.log_every=7", "train.epochs=5", f"optim.lr={lr}")
-        for lr in (0.003, 0.03, 1.5)
-    ]
-    for hist, cfg in zip(train_stacked(cfgs), cfgs, strict=True):
-        assert_same(hist, train(cfg))
+    overrides = [("train.log_every=7", "train.epochs=5", f"optim.lr={lr}") for lr in (0.003, 1.5)]
+    stacked = train([compose_cfg("train.engine=stacked", *o) for o in overrides])
+    for hist, o in zip(stacked, overrides, strict=True):
+        assert_same(hist, train_one(compose_cfg(*o)))
 
 
-def test_configs_of_different_schedules_are_refused() -> None:
-    with pytest.raises(ValueError, match="one schedule"):
-        train_stacked([compose_cfg(), compose_cfg("seed=1")])
-    assert math.isinf(train_stacked([compose_cfg("optim.lr=5")])[0].final_mse)
+def test_one_schedule_per_call_and_the_engine_is_explicit() -> None:
+    with pytest.raises(ValueError, match="one engine and schedule"):
+        train([compose_cfg("train.engine=stacked"), compose_cfg("train.engine=stacked", "seed=1")])
+    with pytest.raises(ValueError, match="one config at a time"):
+        train([compose_cfg("train.engine=d2l"), compose_cfg("train.engine=d2l", "optim.lr=0.1")])
+    assert math.isinf(train([compose_cfg("train.engine=stacked", "optim.lr=5")])[0].final_mse)
+    auto = compose_cfg()
+    resolve_engine(auto, stacking=True)
+    assert auto.train.engine.value == "stacked"
+    single = compose_cfg()
+    resolve_engine(single, stacking=False)
+    assert single.train.engine.value == "d2l"
+
+
+def test_a_loss_without_closed_form_is_refused_or_trained_by_its_d2l_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.train
+
+    monkeypatch.setattr(pipeline.train, "STACKABLE", frozenset())  # as a future loss would be
+    auto = compose_cfg("loss=huber")
+    resolve_engine(auto, stacking=True)
+    assert auto.train.engine.value == "d2l"  # trained by the right step, and tagged so
+    with pytest.raises(ConfigError, match="train.engine=stacked: loss huber"):
+        resolve_engine(compose_cfg("loss=huber", "train.engine=stacked"), stacking=True)
 
 
 # --- the launcher -----------------------------------------------------------------------------
 
 
-def sweep_into(store: Path, launcher: str) -> list[Run]:
-    env = dict(
-        os.environ,
-        MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
-        LINREG_OUTPUTS=str(store / "hydra"),
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "-m",
-            "sweep=smoke",
-            "loss.reduction=mean,sum",
-            f"hydra/launcher={launcher}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+def sweep_into(
+    monkeypatch: pytest.MonkeyPatch, store: Path, launcher: str, *args: str
+) -> tuple[mlflow.MlflowClient, list[Run]]:
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_app(monkeypatch, store, "sweep=smoke", f"hydra/launcher={launcher}", *args)
+    client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("linreg")
-    return client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    return client, client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
 
 
-def test_stacked_launcher_logs_the_same_runs_as_the_basic_one(tmp_path: Path) -> None:
-    basic = {r.info.run_name: r for r in sweep_into(tmp_path / "basic", "basic")}
-    stacked = {r.info.run_name: r for r in sweep_into(tmp_path / "stacked", "stacked")}
+def test_stacked_launcher_logs_the_same_runs_as_the_basic_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both = "loss.reduction=mean,sum"
+    c_basic, basic_runs = sweep_into(monkeypatch, tmp_path / "basic", "basic", both)
+    c_stacked, stacked_runs = sweep_into(monkeypatch, tmp_path / "stacked", "stacked", both)
+    basic = {r.info.run_name: r for r in basic_runs}
+    # the run name says which engine trained it
+    stacked = {r.info.run_name.replace("-stacked-", "-"): r for r in stacked_runs}
+    assert all("-stacked-" in r.info.run_name for r in stacked_runs)
     assert len(basic) == 8 and basic.keys() == stacked.keys()
-    c_basic = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'basic' / 'mlflow.db'}")
-    c_stacked = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'stacked' / 'mlflow.db'}")
-    differ = {"tracking.parent_run_id", "sweep.started"}
     for name, b in basic.items():
         s = stacked[name]
         assert s.info.status == b.info.status == "FINISHED"
-        assert {k: v for k, v in s.data.params.items() if k not in differ} == {
-            k: v for k, v in b.data.params.items() if k not in differ
-        }
-        assert set(s.data.tags) == set(b.data.tags)
-        for tag in ("config_hash", "diverged", "model", "loss", "reduction"):
+        assert b.data.tags["engine"] == b.data.params["model.name"]  # scratch / linear code
+        assert s.data.tags["engine"] == "stacked" and s.data.params["train.engine"] == "stacked"
+        same = {k: v for k, v in s.data.params.items() if k != "train.engine"}
+        assert same == {k: v for k, v in b.data.params.items() if k != "train.engine"}
+        assert s.data.tags["config_hash"] != b.data.tags["config_hash"]  # engine is identity
+        assert set(s.data.tags) == set(b.data.tags) | {"stack_size", "stack_id"}
+        for tag in ("diverged", "model", "loss", "reduction"):
             assert s.data.tags[tag] == b.data.tags[tag]
         assert set(s.data.metrics) == set(b.data.metrics)
-        for key in b.data.metrics:
+        for key in set(b.data.metrics) - {"train_time_s"}:
             hb = sorted((m.step, m.value) for m in c_basic.get_metric_history(b.info.run_id, key))
             hs = sorted((m.step, m.value) for m in c_stacked.get_metric_history(s.info.run_id, key))
             assert [st for st, _ in hs] == [st for st, _ in hb]
@@ -157,17 +171,32 @@ def test_stacked_launcher_logs_the_same_runs_as_the_basic_one(tmp_path: Path) ->
     assert sum(r.data.tags["diverged"] == "true" for r in stacked.values()) == 4
 
 
-def test_a_group_that_cannot_be_stacked_runs_job_by_job(
+def children(client: mlflow.MlflowClient) -> list[Run]:
+    exp = client.get_experiment_by_name("linreg")
+    return client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+
+
+def test_d2l_cells_of_a_stacked_sweep_are_trained_by_their_own_code(
     tmp_path: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.launcher
+    run_app(monkeypatch, tmp_path, "sweep=smoke", "hydra/launcher=stacked", "train.engine=d2l")
+    runs = children(client)
+    assert sorted(r.data.tags["engine"] for r in runs) == ["linear"] * 2 + ["scratch"] * 2
+    assert all("stack_size" not in r.data.tags or r.data.tags["stack_size"] == "1" for r in runs)
 
-    def broken(cfgs: object) -> None:
+
+def test_a_failed_stacked_group_fails_its_jobs_never_silently_retrains(
+    tmp_path: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.job
+
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no stacking today")
 
-    monkeypatch.setattr(pipeline.launcher, "train_stacked", broken)
-    run_app(monkeypatch, tmp_path, "sweep=smoke", "hydra/launcher=stacked")
-    runs = client.search_runs(
-        [client.get_experiment_by_name("linreg").experiment_id], "tags.`mlflow.parentRunId` != ''"
-    )
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    monkeypatch.setattr(pipeline.job, "train", broken)
+    with pytest.raises(SystemExit) as exc:
+        run_app(monkeypatch, tmp_path, "sweep=smoke", "hydra/launcher=stacked")
+    assert exc.value.code == 1
+    runs = children(client)
+    assert len(runs) == 4 and all(r.info.status == "FAILED" for r in runs)
+    assert all("no stacking today" in r.data.tags["error"] for r in runs)

@@ -14,9 +14,10 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 from omegaconf import OmegaConf
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import PROJECT_ROOT, effective_lr, planned_epochs
 from pipeline.job import run_job
 from pipeline.sweep import SweepCallback, expand
+from pipeline.train import train_one
 from tests.conftest import compose_cfg
 
 CONTRACT = {
@@ -39,7 +40,7 @@ CELLS = {
     "reduction": 12,
     "loss": 6,
     "init": 6,
-    "data_size": 11,
+    "data_size": 10,
     "partial_batch": 8,
     "seeds": 60,
     "smoke": 4,
@@ -81,20 +82,30 @@ def test_lr_preset_crosses_the_divergence_point() -> None:
 
 
 def train_diverges(*overrides: str) -> bool:
-    from pipeline.train import train
+    from pipeline.train import train_one
 
-    return train(compose_cfg(*overrides)).diverged
+    return train_one(compose_cfg(*overrides)).diverged
 
 
-def test_derived_values_resolve_in_each_job() -> None:
+def test_named_knobs_derive_lr_and_epochs_in_each_job() -> None:
     sums = [os for g, os in preset_jobs("reduction") if g == "reduction_sum_scaled"]
     for overrides in sums:
         cfg = compose_cfg(*overrides)
-        assert cfg.optim.lr == pytest.approx(0.03 / cfg.train.batch_size)
+        assert cfg.optim.lr == 0.03  # the param says what the user chose ...
+        assert effective_lr(cfg) == pytest.approx(0.03 / cfg.train.batch_size)  # ... and this
+    scaled = {
+        (c.optim.lr_scaling.value, c.train.batch_size): effective_lr(c)
+        for c in (compose_cfg(*o) for _, o in preset_jobs("batch_size"))
+    }
+    assert scaled["linear", 1000] == pytest.approx(3.0) and scaled["none", 1000] == 0.03
+    assert scaled["sqrt", 1] == pytest.approx(0.03 / math.sqrt(10))
     for _, overrides in preset_jobs("data_size"):
         cfg = compose_cfg(*overrides)
-        assert cfg.train.batch_size == min(10, cfg.data.n)
-        assert cfg.train.epochs * math.ceil(cfg.data.n / cfg.train.batch_size) >= 3000
+        epochs = planned_epochs(cfg)
+        assert epochs * math.ceil(cfg.data.n / cfg.train.batch_size) >= 3000
+        assert (epochs - 1) * math.ceil(cfg.data.n / cfg.train.batch_size) < 3000 or epochs == 3
+    h = train_one(compose_cfg("data.n=20", "train.min_updates=30"))  # 2 per epoch -> 15 epochs
+    assert h.updates == 30 and len(h.epochs["mse"]) == 16
 
 
 # --- running sweeps ---------------------------------------------------------------------------
@@ -121,8 +132,13 @@ def split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     return parents, children
 
 
-def test_smoke_sweep_then_identical_rerun(tmp_path: Path, client: mlflow.MlflowClient) -> None:
-    first = sweep_cli(tmp_path, "sweep=smoke")
+def test_smoke_sweep_then_identical_rerun(
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = sweep_cli(tmp_path, "sweep=smoke")  # the real command line, once
     assert first.returncode == 0, first.stderr
     parents, children = split(all_runs(client))
     assert len(parents) == 1 and len(children) == 4
@@ -146,9 +162,8 @@ def test_smoke_sweep_then_identical_rerun(tmp_path: Path, client: mlflow.MlflowC
     for n in range(1, 5):
         assert f"job {n}/4" in first.stdout
 
-    second = sweep_cli(tmp_path, "sweep=smoke")
-    assert second.returncode == 0, second.stderr
-    assert "0 finished, 0 diverged, 0 failed, 4 cached" in second.stdout
+    run_app(monkeypatch, tmp_path, "sweep=smoke")  # again, in this process
+    assert "0 finished, 0 diverged, 0 failed, 4 cached" in capsys.readouterr().out
     runs = all_runs(client)
     assert len(runs) == 5  # no new run: not even a parent
     assert split(runs)[0][0].data.metrics["n_cached"] == 4
@@ -176,10 +191,10 @@ def test_a_failing_job_does_not_stop_the_sweep(
 
     real_train = pipeline.job.train
 
-    def flaky(cfg: Any, **kwargs: Any) -> Any:
-        if cfg.model.name.value == "scratch":
+    def flaky(cfgs: Any, **kwargs: Any) -> Any:
+        if cfgs[0].model.name.value == "scratch":
             raise RuntimeError("scratch exploded")
-        return real_train(cfg, **kwargs)
+        return real_train(cfgs, **kwargs)
 
     monkeypatch.setattr(pipeline.job, "train", flaky)
     with pytest.raises(SystemExit) as exc:
@@ -216,10 +231,16 @@ def test_sweep_skips_what_is_already_done_unless_forced(
     assert len(parents) == 2 and len(children) == 7
 
 
-def test_bad_value_in_a_sweep_writes_no_run(tmp_path: Path, client: mlflow.MlflowClient) -> None:
-    proc = sweep_cli(tmp_path, "sweep=smoke", "train.batch_size=0,10")
-    assert proc.returncode == 2
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+def test_bad_value_in_a_sweep_writes_no_run(
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_app(monkeypatch, tmp_path, "sweep=smoke", "train.batch_size=0,10")
+    assert exc.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "train.batch_size=0" in errors[0]
     assert all_runs(client) == []
 

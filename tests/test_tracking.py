@@ -12,15 +12,15 @@ import pytest
 import yaml
 from mlflow.entities import Run
 
-from pipeline import train as train_module
 from pipeline.config import PROJECT_ROOT
+from pipeline.identity import config_hash, flatten, to_container
 from pipeline.job import run_job
-from pipeline.tracking import config_hash, flatten, git_state, to_container
+from pipeline.tracking import git_state
 from tests.conftest import compose_cfg
 
 EPOCH = {"train_loss", "mse", "w_error", "b_error"}
 STEP = {"batch_loss", "grad_norm"}
-FINAL = {"ols_w_error", "ols_b_error", "w_hat.0", "w_hat.1", "b_hat", "updates"}
+FINAL = {"ols_w_error", "ols_b_error", "w_hat.0", "w_hat.1", "b_hat", "updates", "train_time_s"}
 
 
 def only_run(client: mlflow.MlflowClient) -> Run:
@@ -71,6 +71,7 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     # tags
     tags = run.data.tags
     assert tags["model"] == "linear" and tags["loss"] == "mse" and tags["diverged"] == "false"
+    assert tags["engine"] == "linear" and run.data.params["train.engine"] == "d2l"
     assert tags["config_hash"] == config_hash(cfg) and len(tags["config_hash"]) == 16
     assert "torch_version" in tags and "python_version" in tags
     assert "mlflow.parentRunId" not in tags
@@ -93,7 +94,7 @@ def test_config_hash_ignores_tracking_keys_only() -> None:
 
 
 def test_run_names_are_distinct_across_keys() -> None:
-    from pipeline.tracking import run_name
+    from pipeline.identity import run_name
 
     names = {
         run_name(compose_cfg(*o))
@@ -148,7 +149,7 @@ def test_ctrl_c_ends_the_run_killed(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    monkeypatch.setattr("pipeline.job.train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_job(compose_cfg())
     assert only_run(client).info.status == "KILLED"

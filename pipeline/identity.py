@@ -1,0 +1,99 @@
+"""What identifies a job: its resolved config as a plain tree, its hash, and its readable name.
+
+Used by the sweeper (cache lookups), the tracking layer (params, tags, run names) and reruns;
+nothing here talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import PROJECT_ROOT, UNTRACKED_KEYS
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Plain resolved dict (enums as their strings), for hashing, params and the YAML artifact."""
+    out = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.03}} -> {'optim.lr': 0.03}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable hash of what determines the result: the resolved config (engine included)
+    without the tracking/sweep keys."""
+    tree = {k: v for k, v in to_container(cfg).items() if k not in UNTRACKED_KEYS}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def default_values() -> dict[str, Any]:
+    """The flattened config that ``python -m pipeline`` runs with no overrides (from conf/)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.config import register_configs
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own conf/
+        cfg = compose(config_name="config")
+    else:
+        with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config")
+    return flatten(to_container(cfg))
+
+
+# keys every name shows (first), and short labels for the others when they differ from default
+_SHOWN = {"model.name", "loss.name", "loss.reduction", "optim.lr", "train.batch_size", "seed"}
+_LABELS = {
+    "data.n": "n",
+    "train.epochs": "ep",
+    "train.min_updates": "upd",
+    "init.name": "",
+    "data.outliers.fraction": "out",
+    "train.drop_last": "droplast",
+    "loss.delta": "d",
+    "data.noise": "noise",
+    "optim.lr_scaling": "lr-",
+    "optim.reference_batch_size": "ref",
+    "train.engine": "",
+}
+
+
+def run_name(cfg: DictConfig) -> str:
+    """Short, readable and distinct within a sweep: the always-interesting keys, plus every
+    other key that differs from the default config (the engine when it is not the default)."""
+    if cfg.tracking.run_name:
+        return str(cfg.tracking.run_name)
+    loss = cfg.loss.name.value + ("-sum" if cfg.loss.reduction.value == "sum" else "")
+    parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
+    defaults = default_values()
+    for key, value in flatten(to_container(cfg)).items():
+        if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or defaults.get(key) == value:
+            continue
+        if key == "train.engine" and value == "d2l":
+            continue  # the model's own code is what the name already says
+        label = _LABELS.get(key, key.rsplit(".", 1)[-1])
+        if value is True:
+            parts.append(label)
+        elif isinstance(value, float):
+            parts.append(f"{label}{value:g}")
+        else:
+            parts.append(f"{label}{value}")
+    parts.append(f"s{cfg.seed}")
+    return "-".join(parts)

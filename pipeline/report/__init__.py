@@ -1,0 +1,109 @@
+"""``python -m pipeline.report [--sweep latest|<parent run id>] [--out DIR]``: the FAQ report.
+
+Reads a sweep's runs back from MLflow (:mod:`pipeline.queries`) and writes one section per
+question (one module each in ``pipeline/report/sections/``): the question, a table, a plot
+and a short answer whose every number is computed from the runs. Sections select runs by
+their params, never by preset names, so runs from any sweep that match count. The markdown,
+an HTML page and the PNGs are logged to the sweep's parent run under ``report/``, and the
+markdown is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from pipeline import queries
+from pipeline.config import register_configs
+from pipeline.report.data import MissingRuns, Section, SweepData
+from pipeline.report.render import to_html, to_markdown
+from pipeline.report.sections import (
+    batch_size,
+    data_size,
+    huber,
+    init,
+    lr,
+    newton,
+    partial_batch,
+    per_sample,
+    reduction,
+)
+from pipeline.tracking import get_client, tracking_uri
+
+# in the order the report shows them; each module has SPEC (key, title, question, preset) and
+# build(data, section, out_dir)
+SECTIONS: list[ModuleType] = [
+    lr,
+    batch_size,
+    reduction,
+    per_sample,
+    huber,
+    init,
+    data_size,
+    newton,
+    partial_batch,
+]
+
+
+class ReportError(Exception):
+    """The report cannot be built; the message is one line."""
+
+
+def find_parent(uri: str, sweep: str) -> queries.Run:
+    parent = queries.latest_sweep(uri) if sweep == "latest" else queries.get_run(uri, sweep)
+    if parent is None:
+        raise ReportError(
+            "no sweep in the store yet: run `make sweep` first"
+            if sweep == "latest"
+            else f"no run {sweep!r} in {uri}"
+        )
+    if parent.data.tags.get("sweep_parent") != "true":
+        raise ReportError(f"run {sweep} is not a sweep's parent run")
+    return parent
+
+
+def build_sections(data: SweepData, folder: Path) -> list[Section]:
+    sections = []
+    for module in SECTIONS:
+        s = Section(*module.SPEC)
+        build: Callable[[SweepData, Section, Path], None] = module.build
+        try:
+            build(data, s, folder)
+        except MissingRuns:
+            s.missing = True
+        sections.append(s)
+    return sections
+
+
+def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, list[Section]]:
+    """Write the report for a sweep into ``out`` and log it to the sweep's parent run."""
+    register_configs()
+    uri = tracking_uri()
+    parent = find_parent(uri, sweep)
+    data = SweepData(uri, parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = out or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        sections = build_sections(data, folder)
+        markdown = to_markdown(parent, sections)
+        (folder / "report.md").write_text(markdown)
+        (folder / "report.html").write_text(to_html(parent, sections))
+        get_client(uri).log_artifacts(parent.info.run_id, str(folder), "report")
+    return markdown, sections
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sweep", default="latest", help="latest or a sweep's parent run id")
+    parser.add_argument("--out", type=Path, default=None, help="also keep the files here")
+    args = parser.parse_args(argv)
+    try:
+        markdown, _ = build_report(args.sweep, args.out)
+    except ReportError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(markdown)
+    return 0

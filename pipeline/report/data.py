@@ -1,0 +1,147 @@
+"""The runs a report reads, and the small helpers every section shares."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from pipeline import queries  # noqa: E402
+
+
+@dataclass
+class Section:
+    key: str  # file stem of its plot
+    title: str
+    question: str
+    preset: str  # the preset whose runs it needs
+    table: pd.DataFrame | None = None
+    answer: str = ""
+    figure: str | None = None  # PNG file name in the output folder
+    numbers: dict[str, float] = field(default_factory=dict)  # the figures quoted in the answer
+    missing: bool = False
+
+
+# the params a section selects runs by, as typed columns
+_COLUMNS: dict[str, tuple[str, Any]] = {
+    "model": ("params.model.name", str),
+    "engine": ("tags.engine", str),
+    "loss": ("params.loss.name", str),
+    "reduction": ("params.loss.reduction", str),
+    "delta": ("params.loss.delta", float),
+    "init": ("params.init.name", str),
+    "lr": ("params.optim.lr", float),
+    "lr_scaling": ("params.optim.lr_scaling", str),
+    "ref_B": ("params.optim.reference_batch_size", int),
+    "B": ("params.train.batch_size", int),
+    "epochs": ("params.train.epochs", int),
+    "min_updates": ("params.train.min_updates", int),
+    "n": ("params.data.n", int),
+    "seed": ("params.seed", int),
+    "noise": ("params.data.noise", float),
+    "outliers": ("params.data.outliers.fraction", float),
+}
+
+
+class SweepData:
+    """The runs of one sweep: one row per job of the parent's ``jobs.json`` (config hash),
+    joined with the newest FINISHED run of that config in the experiment (cached runs too)."""
+
+    def __init__(self, uri: str, parent: Run):
+        self.uri, self.parent = uri, parent
+        jobs = json.loads(queries.artifact_text(uri, parent.info.run_id, "jobs.json"))
+        finished = queries.finished_by_hash(uri, parent.info.experiment_id)
+        runs = queries.runs_frame(
+            [finished[h] for h in {j["config_hash"] for j in jobs} if h in finished]
+        )
+        if runs.empty:
+            self.df = runs
+            return
+        df = runs.drop_duplicates("tags.config_hash")
+        typed = {
+            name: df[col].astype(kind) if col in df else None
+            for name, (col, kind) in _COLUMNS.items()
+        }
+        self.df = df.assign(
+            **typed,
+            drop_last=df["params.train.drop_last"] == "True",
+            data=np.where(
+                df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
+            ),
+            diverged=df.get("tags.diverged") == "true",
+            mse=df.get("metrics.mse"),
+            w_error=df.get("metrics.w_error"),
+            b_error=df.get("metrics.b_error"),
+            updates=df["metrics.updates"].astype(int),
+            ols_w_error=df.get("metrics.ols_w_error"),
+            diverged_at=df.get("metrics.diverged_at_step"),
+            train_time_s=df.get("metrics.train_time_s"),
+        )
+
+    def select(self, **equal: Any) -> pd.DataFrame:
+        """Runs whose params equal the given values (a list or set: any of them). The same
+        settings trained by two engines count once (the d2l code's run first), unless the
+        selection is by engine."""
+        rows = self.df
+        for key, value in equal.items():
+            if rows.empty:
+                break
+            allowed = value if isinstance(value, list | set | tuple) else [value]
+            rows = rows[rows[key].isin(allowed)]
+        if "engine" not in equal and not rows.empty:
+            params = [c for c in rows if c.startswith("params.") and c != "params.train.engine"]
+            rows = rows.sort_values("engine", key=lambda e: e == "stacked", kind="stable")
+            rows = rows.drop_duplicates(subset=params)
+        return rows
+
+    def history(self, run_id: str, key: str) -> list[float]:
+        return [v for _, v in queries.metric_history(self.uri, run_id, key)]
+
+    def config(self, run_id: str) -> DictConfig:
+        return queries.load_run_config(self.uri, run_id)
+
+
+class MissingRuns(Exception):
+    """The sweep has no runs for a section: it prints the preset that produces them."""
+
+
+def need(rows: pd.DataFrame, varying: str | None = None) -> pd.DataFrame:
+    """The rows, or MissingRuns when there are none (or ``varying`` takes a single value)."""
+    if rows.empty or (varying is not None and rows[varying].nunique() < 2):
+        raise MissingRuns
+    return rows
+
+
+def fmt(x: float) -> str:
+    return "diverged" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def final(rows: pd.DataFrame, key: str) -> pd.Series:
+    """A final metric, inf for a diverged run (its last logged value is not a result)."""
+    return rows[key].where(~rows["diverged"], math.inf)
+
+
+def new_figure() -> tuple[plt.Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig, ax
+
+
+def save(fig: plt.Figure, out: Path, key: str) -> str:
+    name = f"{key}.png"
+    fig.tight_layout()
+    fig.savefig(out / name)
+    plt.close(fig)
+    return name

@@ -1,0 +1,221 @@
+"""What varies between the trainers: how a batch's loss is computed and how the parameters move.
+
+The one training loop (:mod:`pipeline.train`) owns everything else: the batch order, the epoch
+metrics, divergence and the History. A step trains K models at once: K = 1 for the two d2l
+codes, K ≥ 1 for the stacked closed form.
+
+- :class:`ScratchStep`: d2l 3.2: raw tensors, ``linreg``, a hand-written loss, ``data_iter``
+  and the hand-written ``sgd``, with autograd.
+- :class:`LinearStep`: d2l 3.3: ``nn.Sequential(nn.Linear)``, ``DataLoader``, ``nn`` losses
+  and ``torch.optim.SGD``.
+- :class:`StackedStep`: K models as one computation: weights (K, d+1), one matmul per batch,
+  gradients in closed form (what autograd computes for these losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils import data
+
+from pipeline.config import ModelName, Reduction, effective_lr
+from pipeline.data import with_bias_column
+from pipeline.losses import ClampForm, nn_loss, per_sample, reduce
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class EpochOrder:
+    """One epoch's batches: a permutation of the n examples cut into batches of B (the last
+    one partial, or dropped). Drawn by the loop, so every step sees the same batches."""
+
+    def __init__(self, perm: torch.Tensor, batch_size: int, drop_last: bool):
+        n = len(perm)
+        self.perm, self.batch_size = perm, batch_size
+        self.stop = n - n % batch_size if drop_last else n
+
+    def index_batches(self) -> list[torch.Tensor]:
+        return list(self.perm[: self.stop].split(self.batch_size))
+
+
+class Step(Protocol):
+    def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
+        """The epoch's minibatches, the way this code draws them."""
+        ...
+
+    def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(K,) reduced loss of every model on the batch; remembered for :meth:`update`."""
+        ...
+
+    def update(self, lr: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every model with its lr (K,); returns the gradients (K, d+1)."""
+        ...
+
+    def params(self) -> torch.Tensor:
+        """θ = [w, b] of every model, (K, d+1), detached."""
+        ...
+
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(K,) the run's own loss and reduction on the full data (what d2l prints)."""
+        ...
+
+
+# --- d2l 3.2 ----------------------------------------------------------------------------------
+
+
+def data_iter(
+    batches: Sequence[torch.Tensor], features: torch.Tensor, labels: torch.Tensor
+) -> Iterator[Batch]:
+    """d2l's data_iter, over the loop's shuffled index batches (d2l shuffles a Python list)."""
+    for batch_indices in batches:
+        yield features[batch_indices], labels[batch_indices]
+
+
+def linreg(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return X @ w + b
+
+
+def sgd(params: list[torch.Tensor], lr: float) -> None:
+    """Minibatch SGD on the gradient of the already reduced loss (no division by batch size:
+    the loss's own reduction did it, and a partial batch is divided by its real length)."""
+    with torch.no_grad():
+        for param in params:
+            assert param.grad is not None
+            param -= lr * param.grad
+            param.grad.zero_()
+
+
+class ScratchStep:
+    def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
+        d = theta0.shape[1] - 1
+        self.w = theta0[0, :d].reshape(-1, 1).clone().requires_grad_(True)
+        self.b = theta0[0, d:].clone().requires_grad_(True)
+        self.loss = per_sample(cfg)
+        self.reduction = Reduction(cfg.loss.reduction)
+        self._last: torch.Tensor | None = None
+
+    def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
+        return data_iter(order.index_batches(), X, y)
+
+    def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._last = reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction)
+        return self._last.detach().reshape(1)
+
+    def update(self, lr: torch.Tensor) -> torch.Tensor:
+        assert self._last is not None
+        self._last.backward()
+        assert self.w.grad is not None and self.b.grad is not None
+        grad = torch.cat([self.w.grad.reshape(-1), self.b.grad]).reshape(1, -1)
+        sgd([self.w, self.b], float(lr[0]))
+        return grad
+
+    def params(self) -> torch.Tensor:
+        return torch.cat([self.w.detach().reshape(-1), self.b.detach()]).reshape(1, -1)
+
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction).reshape(1)
+
+
+# --- d2l 3.3 ----------------------------------------------------------------------------------
+
+
+class LinearStep:
+    def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
+        d = theta0.shape[1] - 1
+        self.layer = nn.Linear(d, 1, dtype=theta0.dtype)  # net[0], typed
+        self.net = nn.Sequential(self.layer)
+        with torch.no_grad():
+            self.layer.weight.copy_(theta0[:, :d])
+            self.layer.bias.copy_(theta0[0, d:])
+        self.loss = nn_loss(cfg)
+        self.lr = effective_lr(cfg)
+        self.trainer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        self._last: torch.Tensor | None = None
+
+    def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
+        # A batch sampler with batch_size=None hands TensorDataset a whole index tensor at once:
+        # one gather per batch instead of d2l's per-sample collation, in the loop's order.
+        dataset = data.TensorDataset(X, y)
+        return iter(data.DataLoader(dataset, sampler=order.index_batches(), batch_size=None))
+
+    def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._last = self.loss(self.net(X), y)
+        return self._last.detach().reshape(1)
+
+    def update(self, lr: torch.Tensor) -> torch.Tensor:
+        assert self._last is not None
+        value = float(lr[0])
+        if value != self.lr:  # a schedule moved it
+            self.lr = value
+            for group in self.trainer.param_groups:
+                group["lr"] = value
+        self.trainer.zero_grad()
+        self._last.backward()
+        layer = self.layer
+        assert layer.weight.grad is not None and layer.bias.grad is not None
+        grad = torch.cat([layer.weight.grad.reshape(-1), layer.bias.grad]).reshape(1, -1)
+        self.trainer.step()
+        return grad
+
+    def params(self) -> torch.Tensor:
+        layer = self.layer
+        return torch.cat([layer.weight.detach().reshape(-1), layer.bias.detach()]).reshape(1, -1)
+
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.loss(self.net(X), y).reshape(1)
+
+
+# --- stacked ----------------------------------------------------------------------------------
+
+
+class StackedStep:
+    """K configs that share data and batch order (see ``pipeline.train.schedule_key``), each
+    with its own lr, loss, reduction, Huber δ and initial weights."""
+
+    def __init__(self, cfgs: Sequence[DictConfig], theta0: torch.Tensor):
+        self.theta = theta0.clone()  # (K, d+1)
+        self.form = ClampForm(cfgs, theta0.dtype)
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
+        # gathered once per epoch: every batch is then a view (A = [X, 1], θ = [w, b])
+        A = with_bias_column(X)[order.perm]
+        neg_y = -y.reshape(-1, 1)[order.perm]
+        B = order.batch_size
+        return ((A[i : i + B], neg_y[i : i + B]) for i in range(0, order.stop, B))
+
+    def batch_loss(self, A: torch.Tensor, neg_y: torch.Tensor) -> torch.Tensor:
+        r = torch.addmm(neg_y, A, self.theta.T)  # residuals (B, K)
+        c = self.form.clamp(r)
+        sc = self.form.scale(len(A)) * c  # dLoss/dprediction
+        self._batch = (sc, A)
+        return torch.linalg.vecdot(sc, torch.add(r, c, alpha=-0.5), dim=0)
+
+    def update(self, lr: torch.Tensor) -> torch.Tensor:
+        assert self._batch is not None
+        sc, A = self._batch
+        grad = sc.T @ A  # (K, d+1): [∇w, ∇b] of every model at once
+        self.theta = torch.addcmul(self.theta, lr[:, None], grad, value=-1.0)
+        return grad
+
+    def params(self) -> torch.Tensor:
+        return self.theta
+
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.form.value(with_bias_column(X) @ self.theta.T - y.reshape(-1, 1))
+
+
+def make_step(engine: str, cfgs: Sequence[DictConfig], theta0: torch.Tensor) -> Step:
+    """The step of a resolved engine: ``stacked``, or the model's own d2l code."""
+    if engine == "stacked":
+        return StackedStep(cfgs, theta0)
+    if len(cfgs) != 1:
+        raise ValueError(f"the {engine} step trains one config at a time, not {len(cfgs)}")
+    model = ModelName(cfgs[0].model.name)
+    return (ScratchStep if model == ModelName.scratch else LinearStep)(cfgs[0], theta0)
