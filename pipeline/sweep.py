@@ -55,6 +55,8 @@ class GridsSweeperConf:
     grids: dict[str, dict[str, Any]] = field(default_factory=dict)
     # jobs handed to the launcher at once; null = all of them
     max_batch_size: int | None = None
+    # every grid that does not set `seed` itself runs seeds 0..seeds-1 (null: the config's seed)
+    seeds: int | None = None
 
 
 @dataclass
@@ -76,10 +78,14 @@ def as_override_value(value: Any) -> str:
 
 
 def expand(
-    grids: dict[str, dict[str, Any]], arguments: list[str], config_loader: Any = None
+    grids: dict[str, dict[str, Any]],
+    arguments: list[str],
+    config_loader: Any = None,
+    seeds: int | None = None,
 ) -> list[tuple[str, list[str]]]:
     """(grid, overrides) of every job: each grid's product (as Hydra's basic sweeper takes
-    it) times the command line's own sweeps; with no grids, just the command line's."""
+    it) times the command line's own sweeps; with no grids, just the command line's. With
+    ``seeds``, a grid that sets no seed (nor does the command line) runs seeds 0..seeds-1."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -87,6 +93,8 @@ def expand(
     jobs = []
     for name, params in (grids or {"cli": {}}).items():
         lines = [f"{k}={as_override_value(v)}" for k, v in params.items()] + list(arguments)
+        if seeds and not any(line.lstrip("+~").startswith("seed=") for line in lines):
+            lines.append(f"seed=range(0,{seeds})")
         for batch in BasicSweeper.split_arguments(parser.parse_overrides(lines), None):
             jobs += [(name, list(overrides)) for overrides in batch]
     return jobs
@@ -160,10 +168,14 @@ class JobComposer:
 
 class GridsSweeperImpl(Sweeper):
     def __init__(
-        self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
+        self,
+        grids: dict[str, dict[str, Any]] | None = None,
+        max_batch_size: int | None = None,
+        seeds: int | None = None,
     ) -> None:
         self.grids = {k: dict(v) for k, v in (grids or {}).items()}
         self.max_batch_size = max_batch_size
+        self.seeds = seeds
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
@@ -198,7 +210,8 @@ class GridsSweeperImpl(Sweeper):
         assert self.hydra_context is not None and self.config is not None
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         jobs = []
-        for grid, overrides in expand(self.grids, arguments, self.hydra_context.config_loader):
+        loader = self.hydra_context.config_loader
+        for grid, overrides in expand(self.grids, arguments, loader, self.seeds):
             try:
                 cfg = compose(overrides)
                 validate(cfg)

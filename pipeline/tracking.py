@@ -186,7 +186,7 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
 
     out: list[Metric] = []
     for key, values in hist.epochs.items():
-        for epoch, value in enumerate(values):
+        for epoch, value in zip(hist.epoch_ids, values, strict=True):
             out += metric(key, value, epoch)
     for step, loss, norm in zip(hist.steps, hist.batch_loss, hist.grad_norm, strict=True):
         out += metric("batch_loss", loss, step)
@@ -200,6 +200,8 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     finals.update({f"w_hat.{i}": v for i, v in enumerate(hist.w_hat)})
     if hist.diverged_at_step is not None:
         finals["diverged_at_step"] = float(hist.diverged_at_step)
+    if math.isfinite(hist.last_iterate_w_error):
+        finals["last_iterate_w_error"] = hist.last_iterate_w_error
     for key, value in finals.items():
         out += metric(key, value, 0)
     return out

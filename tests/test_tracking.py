@@ -119,7 +119,7 @@ def test_run_names_are_distinct_across_keys() -> None:
 
 
 def test_divergence_is_tagged_and_logs_no_inf(client: mlflow.MlflowClient) -> None:
-    assert run_job(compose_cfg("optim.lr=5")) == math.inf
+    assert run_job(compose_cfg("optim.lr=5", "train.log_every=1")) == math.inf
     run = only_run(client)
     assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
     at = run.data.metrics["diverged_at_step"]

@@ -31,10 +31,10 @@ ConfigStore.instance().store(
 class GridsSweeper(Sweeper):
     """Runs the union of several basic-sweeper grids, skipping configs already run."""
 
-    def __init__(
-        self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
-    ) -> None:
-        self.sweeper = GridsSweeperImpl(grids=grids, max_batch_size=max_batch_size)
+    def __init__(self, **params: Any) -> None:
+        # every field of GridsSweeperConf, passed through: this installed copy stays valid
+        # when the schema in pipeline.sweep grows
+        self.sweeper = GridsSweeperImpl(**params)
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
