@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, run_name, to_container
-from pipeline.train import History, engine_of
+from pipeline.train import TRAIN_THREADS, History, engine_of
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 
@@ -166,7 +166,7 @@ def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
         # what makes a CPU run bit-reproducible: explicit generators seeded from `seed`,
         # deterministic kernels, and the same thread count (it can change reduction order)
         "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
-        "torch_num_threads": str(torch.get_num_threads()),
+        "torch_num_threads": str(TRAIN_THREADS),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
         "mlflow.source.name": "pipeline",

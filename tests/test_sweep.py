@@ -34,15 +34,14 @@ CONTRACT = {
     "b_hat",
     "updates",
 }
-CELLS = {
-    "lr": 24,
-    "batch_size": 12,
-    "reduction": 12,
-    "loss": 6,
-    "init": 6,
-    "data_size": 10,
-    "partial_batch": 8,
-    "seeds": 60,
+CELLS = {  # grid cells x 5 seeds
+    "lr": 36 * 5,
+    "batch_size": 16 * 5,
+    "reduction": 12 * 5,
+    "loss": 15 * 5,
+    "init": 3 * 5,
+    "data_size": 15 * 5,
+    "partial_batch": 6 * 5,
     "smoke": 4,
 }
 
@@ -58,7 +57,7 @@ def preset_jobs(preset: str) -> list[tuple[str, list[str]]]:
     assert cfg.sweep.name == preset
     grids = OmegaConf.to_container(full.hydra.sweeper.grids, resolve=False)
     assert isinstance(grids, dict)
-    return expand(grids, [])  # type: ignore[arg-type]
+    return expand(grids, [], seeds=full.hydra.sweeper.get("seeds"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("preset", sorted(CELLS))
@@ -72,11 +71,19 @@ def test_each_preset_yields_its_jobs(preset: str) -> None:
 def test_faq_is_the_union_of_all_presets() -> None:
     faq = preset_jobs("faq")
     assert len(faq) == sum(n for p, n in CELLS.items() if p != "smoke")
-    assert 100 <= len({tuple(o) for _, o in faq}) <= 300  # "a few hundred runs"
+    assert 300 <= len({tuple(o) for _, o in faq}) <= 600  # "a few hundred runs"
+    # every cell of every question runs 5 seeds
+    seeds = [next(o for o in overrides if o.startswith("seed=")) for _, overrides in faq]
+    assert {s: seeds.count(s) for s in set(seeds)} == {f"seed={i}": len(faq) // 5 for i in range(5)}
 
 
 def test_lr_preset_crosses_the_divergence_point() -> None:
-    lrs = {float(o.split("=")[1]) for _, os in preset_jobs("lr") for o in os if "optim.lr" in o}
+    lrs = {
+        float(o.split("=")[1])
+        for grid, os in preset_jobs("lr")
+        for o in os
+        if "optim.lr" in o and grid == "lr"
+    }
     assert min(lrs) == 0.001 and max(lrs) == 3
     assert train_diverges("optim.lr=3") and not train_diverges("optim.lr=0.001")
 
