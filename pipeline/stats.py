@@ -161,3 +161,12 @@ def tail_rms(values: Sequence[float] | np.ndarray, first: int = 0) -> float:
     if len(a) == 0 or not np.isfinite(a).all():
         return math.nan
     return float(np.sqrt(np.mean(a**2)))
+
+
+def within_factor(measured: float, theory: float, factor: float = 2.0) -> tuple[float, bool]:
+    """(measured/theory, whether 1/factor ≤ ratio ≤ factor): the issue's "within 2× of
+    theory" rule. A non-finite or non-positive value fails (ratio nan)."""
+    if not (math.isfinite(measured) and math.isfinite(theory)) or measured <= 0 or theory <= 0:
+        return math.nan, False
+    ratio = measured / theory
+    return ratio, 1 / factor <= ratio <= factor

@@ -220,7 +220,7 @@ def reshuffle_factor(lr: float, n: int, batch_size: int) -> float:
     the noise an epoch leaves is Σ a_t ξ_t with a_t = ρ^t, ρ = 1 − 2η (η = effective lr), of
     variance Var ξ · m/(m − 1) · Σ(a_t − ā)², against Var ξ · Σ a_t² for independent batches:
 
-        R = m/(m − 1) · Σ(a_t − ā)² / Σ a_t²     (→ 1 for mη ≫ 1, ≈ (mη)²/3·… → 0 for mη ≪ 1)
+        R = m/(m − 1) · Σ(a_t − ā)² / Σ a_t²     (→ 1 for mη ≫ 1, ≈ (mη)²/3 for mη ≪ 1)
 
     An approximation (first order in the multiplicative noise); m = 1 (full batch) gives 0."""
     m = -(-n // batch_size)

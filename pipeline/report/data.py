@@ -119,7 +119,11 @@ class SweepData:
         return rows
 
     def history(self, run_id: str, key: str) -> list[float]:
-        return [v for _, v in queries.metric_history(self.uri, run_id, key)]
+        return [v for _, v in self.steps(run_id, key)]
+
+    def steps(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of a metric: the epoch (or update) index of each value."""
+        return queries.metric_history(self.uri, run_id, key)
 
     def config(self, run_id: str) -> DictConfig:
         return queries.load_run_config(self.uri, run_id)
