@@ -32,6 +32,31 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.linreg_sweep.StackedLauncher"
 
 
+def run_group(cfgs: list[DictConfig], overrides: list[list[str]]) -> list[JobReturn]:
+    """Train one stacked group (configs that share data and batch schedule) and log each
+    config as its own run; one JobReturn per config, in order. Called in-process by the
+    stacked launcher and in a Ray task by the ``ray_stacked`` launcher."""
+    try:
+        hists: list[Any] = train_stacked(cfgs)
+    except Exception as exc:  # e.g. a config the stacked path cannot take
+        log.warning(f"stacked training failed ({exc!r}); running its jobs one by one")
+        hists = [None] * len(cfgs)
+    returns = []
+    for cfg, job_overrides, hist in zip(cfgs, overrides, hists, strict=True):
+        ret = JobReturn(overrides=job_overrides, cfg=cfg)
+        try:
+            ret.return_value = (
+                run_job(cfg, job_overrides)
+                if hist is None
+                else log_trained(cfg, hist, job_overrides)
+            )
+            ret.status = JobStatus.COMPLETED
+        except Exception as exc:
+            ret.return_value, ret.status = exc, JobStatus.FAILED
+        returns.append(ret)
+    return returns
+
+
 class StackedLauncherImpl(Launcher):
     def __init__(self) -> None:
         self.config: DictConfig | None = None
@@ -55,23 +80,8 @@ class StackedLauncherImpl(Launcher):
         returns: list[JobReturn | None] = [None] * len(cfgs)
         done = 0
         for g, idx in enumerate(groups, 1):
-            try:
-                hists: list[Any] = train_stacked([cfgs[i] for i in idx])
-            except Exception as exc:  # e.g. a config the stacked path cannot take
-                log.warning(f"stacked training failed ({exc!r}); running its jobs one by one")
-                hists = [None] * len(idx)
-            for i, hist in zip(idx, hists, strict=True):
-                overrides = list(job_overrides[i])
-                ret = JobReturn(overrides=overrides, cfg=cfgs[i])
-                try:
-                    ret.return_value = (
-                        run_job(cfgs[i], overrides)
-                        if hist is None
-                        else log_trained(cfgs[i], hist, overrides)
-                    )
-                    ret.status = JobStatus.COMPLETED
-                except Exception as exc:
-                    ret.return_value, ret.status = exc, JobStatus.FAILED
+            rets = run_group([cfgs[i] for i in idx], [list(job_overrides[i]) for i in idx])
+            for i, ret in zip(idx, rets, strict=True):
                 returns[i] = ret
             done += len(idx)
             elapsed = time.time() - t0

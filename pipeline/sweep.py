@@ -110,6 +110,22 @@ def mark_stale_runs(client: mlflow.MlflowClient, experiment_id: str) -> int:
     return stale
 
 
+def close_orphans(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """Once the launcher has returned, no job of the sweep is running: a child still RUNNING
+    was left by a worker that died (a Ray worker killed mid-job, whose task Ray re-ran or
+    gave up). Mark it KILLED, wherever it ran (mark_stale_runs only sees this host)."""
+    orphans = search_all(
+        client,
+        experiment_id,
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in orphans:
+        rid = run.info.run_id
+        with_retry(client.set_tag, rid, "error", "orphan: its worker died before it ended")
+        with_retry(client.set_terminated, rid, "KILLED")
+    return len(orphans)
+
+
 # --- the sweeper ------------------------------------------------------------------------------
 
 
@@ -276,12 +292,15 @@ class GridsSweeperImpl(Sweeper):
                 batch = [j.overrides + extra for j in todo[start : start + size]]
                 results += self.launcher.launch(batch, initial_job_idx=start)
         except BaseException as exc:
+            close_orphans(client, exp_id, parent.run_id)
             parent.close(
                 RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
                 time.time() - t0,
                 error=repr(exc),
             )
             raise
+        if close_orphans(client, exp_id, parent.run_id):
+            log.warning("closed the runs that dead workers left RUNNING (marked KILLED)")
         for job, ret in zip(todo, results, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
