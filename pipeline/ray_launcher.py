@@ -22,8 +22,10 @@ Ray is imported only inside ``launch`` and the callback: never when Hydra scans 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +48,14 @@ def init_ray(config: DictConfig) -> None:
     """Connect this driver to the cluster (once per process)."""
     from pipeline.tracking import tracking_uri
 
-    kwargs = ray_init_kwargs(tracking_uri(config))
+    try:
+        kwargs = ray_init_kwargs(tracking_uri(config))
+    except RuntimeError as exc:  # no cluster named
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if importlib.util.find_spec("ray") is None:
+        print("error: Ray is not installed: pip install -e '.[ray]'", file=sys.stderr)
+        raise SystemExit(2)
     if is_loopback(str(kwargs["address"])):
         # Ray rewrites 127.0.0.1 to this host's outward address unless told that it runs
         # single-node; a local cluster is reached through loopback only.
