@@ -170,9 +170,10 @@ def wait_until_up(address: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def stop(state_dir: Path | str = DEFAULT_DIR, timeout: float = 15.0) -> int:
-    """Stop the head recorded in ``state_dir`` (SIGTERM, then SIGKILL); the number of
-    processes stopped. Nothing else on the machine is touched."""
+def stop(state_dir: Path | str = DEFAULT_DIR, timeout: float = 3.0) -> int:
+    """Stop the head recorded in ``state_dir`` (SIGTERM, then SIGKILL after ``timeout``: the
+    GCS, raylet and agents wait on each other and can ignore SIGTERM for long, as in
+    ``ray stop --force``); the number of processes stopped. Nothing else is touched."""
     head = Head.load(state_dir)
     if head is None:
         return 0
@@ -259,12 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         n = stop(args.dir)
         print(f"stopped {n} Ray processes" if n else "no Ray head recorded in " + args.dir)
     else:
-        head = Head.load(args.dir)
-        pids = head.pids() if head else []
-        if not head or not pids:
+        recorded = Head.load(args.dir)
+        pids = recorded.pids() if recorded else []
+        if not recorded or not pids:
             print("no Ray head running")
             return 1
-        print(f"Ray head at {head.address}: {len(pids)} processes")
+        print(f"Ray head at {recorded.address}: {len(pids)} processes")
     return 0
 
 

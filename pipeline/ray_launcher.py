@@ -183,7 +183,7 @@ class RayStackedLauncherImpl(Launcher):
             f"Ray stacked launcher: {len(cfgs)} jobs in {len(groups)} tasks on "
             f"{resources.get('CPU', 0):g} CPUs"
         )
-        task = ray.remote(group_task).options(  # type: ignore[attr-defined]
+        task = ray.remote(group_task).options(
             num_cpus=self.num_cpus, max_retries=self.max_retries, name="run_group"
         )
         pending = {

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 
 from pipeline import cluster
-from pipeline.config import PROJECT_ROOT
 from tests.test_sweep import CONTRACT
 
 pytestmark = pytest.mark.integration
@@ -219,6 +219,7 @@ def test_killing_a_worker_mid_sweep(
     retries: int | None,
     ray_head: cluster.Head,
     on_cluster: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGKILL a worker while it runs a job: Ray retries its task (ray: max_retries) or the
     sweep reports its jobs failed (ray_stacked with max_retries=0); either way no child stays
@@ -234,35 +235,41 @@ def test_killing_a_worker_mid_sweep(
         "train.log_every=100",
         *GRID,
     ]
-    cmd = [sys.executable, "-m", "pipeline", "-m", *args]
-    first = cmd + ([] if retries is None else [f"hydra.launcher.max_retries={retries}"])
-    sweep = subprocess.Popen(
-        first, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    first = args + ([] if retries is None else [f"hydra.launcher.max_retries={retries}"])
+    # the sweep's driver in a thread of this process, while this thread kills a worker
+    outcome: list[BaseException | None] = []
+
+    def sweep() -> None:
+        try:
+            run_app(monkeypatch, *first)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    driver = threading.Thread(target=sweep)
+    driver.start()
     try:
         victim = wait_for(lambda: busy_workers(ray_head, title), 60, "a busy worker")[0]
         os.kill(victim, signal.SIGKILL)
-        out, _ = sweep.communicate(timeout=120)
     finally:
-        if sweep.poll() is None:
-            sweep.kill()
+        driver.join(timeout=120)
+    assert not driver.is_alive() and outcome
     parents, children = runs_of(client, exp)
     assert len(parents) == 1
     assert not [c for c in children if c.info.status == "RUNNING"]
     finished = [c.data.tags["config_hash"] for c in children if c.info.status == "FINISHED"]
     assert len(finished) == len(set(finished))
-    if retries == 0:  # the lost task's jobs are reported failed
-        assert sweep.returncode == 1, out[-3000:]
+    if retries == 0:  # the lost task's jobs are reported failed: the sweep exits 1
+        assert isinstance(outcome[0], SystemExit) and outcome[0].code == 1, outcome
         assert 0 < parents[0].data.metrics["n_failed"] < 12
     else:  # Ray re-ran the lost task
-        assert sweep.returncode == 0, out[-3000:]
+        assert outcome == [None]
         assert len(finished) == 12
     # the killed attempt's run (if it had begun) was closed, not left RUNNING
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
 
     # a second sweep (retries on) finishes what is missing, without duplicating anything
-    again = subprocess.run(cmd, cwd=PROJECT_ROOT, text=True, capture_output=True, timeout=120)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    run_app(monkeypatch, *args)
     parents, children = runs_of(client, exp)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [c.data.tags["config_hash"] for c in children if c.info.status == "FINISHED"]
