@@ -44,8 +44,13 @@ log = logging.getLogger("pipeline.ray_launcher")
 RAY_LAUNCHERS = ("hydra_ray_launcher.ray_launcher.RayLauncher", "linreg_sweep.RayStackedLauncher")
 
 
+_connected: dict[str, object] = {}  # the ray.init arguments of this process's connection
+
+
 def init_ray(config: DictConfig) -> None:
-    """Connect this driver to the cluster (once per process)."""
+    """Connect this driver to the cluster; a later sweep in the same process reuses the
+    connection (and its warm workers) unless the address or the workers' environment
+    changed, which reconnects."""
     from pipeline.tracking import tracking_uri
 
     try:
@@ -63,13 +68,17 @@ def init_ray(config: DictConfig) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        if kwargs == _connected:
+            return
+        ray.shutdown()
     if is_loopback(str(kwargs["address"])):
         from ray._private import ray_constants  # read at import: already imported, tell it
 
         ray_constants.ENABLE_RAY_CLUSTER = False
     log.info(f"connecting to the Ray cluster at {kwargs['address']}")
     ray.init(**kwargs)  # type: ignore[arg-type]
+    _connected.clear()
+    _connected.update(kwargs)
 
 
 class RayInitCallback(Callback):
