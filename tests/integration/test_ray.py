@@ -50,6 +50,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Head]
     try:
         yield head
     finally:
+        if "ray" in sys.modules:  # this process's driver connection (the in-process sweeps)
+            sys.modules["ray"].shutdown()
         cluster.stop(state)
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         left = [ln for ln in ps.splitlines() if head.temp_dir in ln]
