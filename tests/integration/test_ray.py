@@ -277,3 +277,19 @@ def test_killing_a_worker_mid_sweep(
     finished = [c.data.tags["config_hash"] for c in children if c.info.status == "FINISHED"]
     assert len(finished) == len(set(finished)) == 12
     assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_stopping_a_head_leaves_other_rays_alone(
+    ray_head: cluster.Head, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """cluster-stop ends exactly its own head: the session's head keeps every process."""
+    before = set(ray_head.pids())
+    state = tmp_path_factory.mktemp("other-ray")
+    other = cluster.start(num_cpus=1, state_dir=state, object_store_mb=80)
+    try:
+        assert other.address != ray_head.address and other.pids()
+        assert (state / "address").read_text().strip() == other.address
+    finally:
+        assert cluster.stop(state) >= 3
+    assert not other.pids() and not (state / "address").exists()
+    assert before <= set(ray_head.pids())  # (workers may have been added, none removed)
