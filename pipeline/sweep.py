@@ -38,6 +38,7 @@ from pipeline.identity import config_hash
 from pipeline.tracking import (
     ParentRun,
     SweepContext,
+    close_orphans,
     ensure_experiment,
     mark_stale_runs,
     tracking_uri,
@@ -261,12 +262,15 @@ class GridsSweeperImpl(Sweeper):
                 batch = [j.overrides + extra for j in todo[start : start + size]]
                 results += self.launcher.launch(batch, initial_job_idx=start)
         except BaseException as exc:
+            close_orphans(uri, exp_id, parent.run_id)
             parent.close(
                 RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
                 time.time() - t0,
                 error=repr(exc),
             )
             raise
+        if close_orphans(uri, exp_id, parent.run_id):
+            log.warning("closed the runs that dead workers left RUNNING (marked KILLED)")
         for job, ret in zip(todo, results, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")

@@ -405,3 +405,21 @@ def mark_stale_runs(uri: str, experiment_id: str) -> int:
         client.set_terminated(rid, "KILLED")
         stale += 1
     return stale
+
+
+def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Once the launcher has returned, no job of the sweep is running: a child still RUNNING
+    was left by a worker that died (a Ray worker killed mid-job, whose task Ray re-ran or
+    gave up). Mark it KILLED, wherever it ran (mark_stale_runs only sees this host)."""
+    from pipeline.queries import search_all
+
+    client = get_client(uri)
+    orphans = search_all(
+        uri,
+        experiment_id,
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in orphans:
+        client.set_tag(run.info.run_id, "error", "orphan: its worker died before it ended")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(orphans)

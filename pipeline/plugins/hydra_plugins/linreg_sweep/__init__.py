@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 # (the config dataclasses live in pipeline: Hydra's plugin scanner runs this module before it
 # is in sys.modules, where @dataclass cannot resolve postponed annotations)
 from pipeline.launcher import StackedLauncherConf, StackedLauncherImpl
+from pipeline.ray_launcher import RayStackedLauncherConf, RayStackedLauncherImpl  # no ray import
 from pipeline.sweep import GridsSweeperConf, GridsSweeperImpl
 
 ConfigStore.instance().store(
@@ -25,6 +26,12 @@ ConfigStore.instance().store(
 )
 ConfigStore.instance().store(
     group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="linreg_sweep"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="ray_stacked",
+    node=RayStackedLauncherConf,
+    provider="linreg_sweep",
 )
 
 
@@ -50,6 +57,26 @@ class StackedLauncher(Launcher):
 
     def __init__(self) -> None:
         self.launcher = StackedLauncherImpl()
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        return self.launcher.launch(job_overrides, initial_job_idx)
+
+
+class RayStackedLauncher(Launcher):
+    """Sends each stacked group to one Ray task on an existing cluster (``make cluster`` or
+    $RAY_ADDRESS); Ray itself is imported only when it launches."""
+
+    def __init__(
+        self, max_retries: int = 3, num_cpus: float = 1.0, group_size: int | None = None
+    ) -> None:
+        self.launcher = RayStackedLauncherImpl(max_retries, num_cpus, group_size)
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
