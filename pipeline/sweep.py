@@ -36,7 +36,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import ConfigError, validate
+from pipeline.server import TrackingUnreachable, check_tracking_reachable
 from pipeline.tracking import config_hash, ensure_experiment, get_client, tracking_uri, with_retry
+from pipeline.views import save_runs_view
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -339,6 +341,7 @@ class SweepParent:
             {"grid": j.grid, "config_hash": j.config_hash, "overrides": j.overrides} for j in jobs
         ]
         with_retry(client.log_text, rid, json.dumps(table, indent=1), "jobs.json")
+        with_retry(save_runs_view, client, experiment_id, rid)  # what runs_view_url opens
 
     def summarize(self, jobs: list[Job], ran: list[Job], wall: float) -> pd.DataFrame:
         """Print and log the table of every job's run and the counts; close the parent."""
@@ -416,6 +419,7 @@ class SweepCallback(Callback):
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
         uri = tracking_uri(config)
+        fail_fast_if_unreachable(uri)
         client = get_client(uri)
         exp_id = ensure_experiment(client, config.tracking.experiment, uri)
         stale = mark_stale_runs(client, exp_id)
@@ -437,3 +441,13 @@ class SweepCallback(Callback):
             f"ETA {eta:.0f}s",
             flush=True,
         )
+
+
+def fail_fast_if_unreachable(uri: str) -> None:
+    """A dead tracking server: one line and exit 1 before any job, instead of every job
+    retrying for minutes and the sweep turning each failure into a warning."""
+    try:
+        check_tracking_reachable(uri)
+    except TrackingUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -34,6 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import PROJECT_ROOT, UNTRACKED_KEYS, Config, schema
 from pipeline.train import History
+from pipeline.views import (
+    EXPERIMENT_KIND_TAG,
+    TRAINING_KIND,
+    mark_training_experiment,
+    view_metrics,
+    view_params,
+)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 T = TypeVar("T")
@@ -89,9 +96,16 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str, uri: str) -> str:
     exp = with_retry(client.get_experiment_by_name, name)
     if exp is not None:
         exp_id = str(exp.experiment_id)
+        with_retry(mark_training_experiment, client, exp)  # one made before the tag existed
     else:
         try:
-            exp_id = str(client.create_experiment(name, artifact_location=artifact_root(uri)))
+            exp_id = str(
+                client.create_experiment(
+                    name,
+                    artifact_location=artifact_root(uri),
+                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},  # the UI's training view
+                )
+            )
         except MlflowException:  # another process created it first
             exp = with_retry(client.get_experiment_by_name, name)
             if exp is None:
@@ -257,7 +271,8 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
         "b_hat": hist.b_hat,
         "updates": float(hist.updates),
     }
-    finals.update({f"w_hat.{i}": v for i, v in enumerate(hist.w_hat)})
+    # no dots in metric names: the UI's search box reads `w_hat.0` as an invalid clause
+    finals.update({f"w_hat_{i}": v for i, v in enumerate(hist.w_hat)})
     if hist.diverged_at_step is not None:
         finals["diverged_at_step"] = float(hist.diverged_at_step)
     for key, value in finals.items():
@@ -323,6 +338,8 @@ class RunLogger:
         run_id = self.run_id
         assert run_id is not None
         params = [Param(k, str(v)) for k, v in flatten(self.tree).items()]
+        params += view_params(self.cfg)
+        metrics = [*metrics, *view_metrics(self.cfg, int(time.time() * 1000))]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
         with_retry(self.client.log_batch, run_id, metrics=metrics, params=params, tags=run_tags_)
         with tempfile.TemporaryDirectory() as tmp:
