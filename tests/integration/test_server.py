@@ -95,3 +95,43 @@ def test_joblib_sweep_and_report_over_the_server(on_server: str) -> None:
     assert sorted(c.data.tags["diverged"] for c in children) == ["false", "false", "true", "true"]
     # the sweep saved the UI view its children open in
     assert any(k.endswith(parent.info.run_id) for k in exp.tags)
+
+
+def test_sqlite_store_imports_into_the_server(on_server: str, tracking_uri: str) -> None:
+    from pipeline.job import run_job
+    from pipeline.server_import import IMPORTED_FROM, copy_store
+    from tests.conftest import compose_cfg
+
+    # a parent and a child in a SQLite store, as a sweep leaves them
+    src = mlflow.MlflowClient(tracking_uri)
+    cfg = compose_cfg("tracking.experiment=imported", f"tracking.uri={tracking_uri}")
+    run_job(cfg)
+    (child,) = src.search_runs([src.get_experiment_by_name("imported").experiment_id])
+    parent = src.create_run(
+        child.info.experiment_id, run_name="sweep-x", tags={"sweep_parent": "true"}
+    )
+    src.set_tag(child.info.run_id, "mlflow.parentRunId", parent.info.run_id)
+    src.set_terminated(parent.info.run_id)
+
+    assert copy_store(tracking_uri, on_server) == (2, 0)
+    assert copy_store(tracking_uri, on_server)[0] == 0  # again: nothing copied twice
+    dst = mlflow.MlflowClient(on_server)
+    exp = dst.get_experiment_by_name("imported")
+    assert exp is not None and exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    runs = {r.data.tags[IMPORTED_FROM]: r for r in dst.search_runs([exp.experiment_id])}
+    assert set(runs) == {child.info.run_id, parent.info.run_id}
+    copy = runs[child.info.run_id]
+    assert copy.data.tags["mlflow.parentRunId"] == runs[parent.info.run_id].info.run_id
+    assert copy.data.params == src.get_run(child.info.run_id).data.params
+    assert copy.data.metrics == child.data.metrics
+    assert (copy.info.status, copy.info.start_time) == (child.info.status, child.info.start_time)
+
+    def history(client: mlflow.MlflowClient, rid: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
+
+    for key in ("batch_loss", "mse"):  # whole histories
+        assert history(dst, copy.info.run_id, key) == history(src, child.info.run_id, key)
+    assert {f.path for f in dst.list_artifacts(copy.info.run_id)} >= {
+        "config.yaml",
+        "overrides.yaml",
+    }
