@@ -17,6 +17,7 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.job import run_job
 from pipeline.tracking import VERSION_TAGS, git_state
 from pipeline.ui import latest_sweep_url
+from pipeline.views import runs_view_url
 from tests.conftest import compose_cfg
 
 TRAIN_AND_SAVE = """
@@ -169,7 +170,9 @@ def test_rerun_a_whole_sweep(
         timeout=600,
     )
     parent = only(client, "tags.sweep_parent = 'true'")[0]
-    assert latest_sweep_url(client.tracking_uri, "http://h").endswith(parent.info.run_id)
+    assert latest_sweep_url(client.tracking_uri, "http://h") == runs_view_url(
+        "http://h", parent.info.experiment_id, parent.info.run_id
+    )
     assert rerun_module.main(["--sweep", "latest"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len([ln for ln in lines if ln.endswith(": identical")]) == 4

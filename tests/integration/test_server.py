@@ -80,7 +80,7 @@ def test_many_writers_through_the_server(on_server: str) -> None:
         assert sorted(m.step for m in history) == list(range(STEPS))
 
 
-def test_joblib_sweep_and_report_over_the_server(on_server: str) -> None:
+def test_joblib_sweep_over_the_server(on_server: str) -> None:
     done = run_pipeline("-m", "sweep=smoke", "hydra/launcher=joblib")
     assert done.returncode == 0, done.stderr[-2000:]
     client = mlflow.MlflowClient(on_server)
