@@ -11,8 +11,10 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
+from pipeline.job import run_job
 from pipeline.server import ServerInfo
 from pipeline.views import EXPERIMENT_KIND_TAG, TRAINING_KIND
+from tests.conftest import compose_cfg
 from tests.integration.conftest import run_pipeline
 
 pytestmark = pytest.mark.integration
@@ -28,8 +30,7 @@ def test_server_runs_on_postgres_and_serves_artifacts(
     assert store.startswith("postgresql+psycopg2://mlflow@127.0.0.1:")
     assert b"--serve-artifacts" in cmdline
 
-    done = run_pipeline("tracking.experiment=server-job", "train.epochs=1")
-    assert done.returncode == 0, done.stderr
+    run_job(compose_cfg("tracking.experiment=server-job", "train.epochs=1"))  # in-process: fast
     client = mlflow.MlflowClient(on_server)
     exp = client.get_experiment_by_name("server-job")
     assert exp is not None and exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
@@ -98,9 +99,7 @@ def test_joblib_sweep_over_the_server(on_server: str) -> None:
 
 
 def test_sqlite_store_imports_into_the_server(on_server: str, tracking_uri: str) -> None:
-    from pipeline.job import run_job
     from pipeline.server_import import IMPORTED_FROM, copy_store
-    from tests.conftest import compose_cfg
 
     # a parent and a child in a SQLite store, as a sweep leaves them
     src = mlflow.MlflowClient(tracking_uri)
