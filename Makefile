@@ -16,7 +16,7 @@ PORT ?= 5000
 SWEEP_RUN ?= latest
 NUM_CPUS ?=
 
-.PHONY: help install train sweep report rerun ui bench test lint clean cluster cluster-stop
+.PHONY: help install train sweep report rerun ui server server-stop server-import bench test lint clean cluster cluster-stop
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml pipeline/plugins/pyproject.toml pipeline/plugins/hydra_
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first and pinned: the CPU build on this machine; a loose requirement could pull CUDA.
 	$(PY) -m pip install $(PIP_QUIET) torch==2.13.0
-	$(PY) -m pip install $(PIP_QUIET) -e '.[dev]'
+	$(PY) -m pip install $(PIP_QUIET) -e '.[dev,server]'
 	# Hydra finds plugins only in the hydra_plugins namespace on disk: a normal install.
 	$(PY) -m pip install $(PIP_QUIET) --no-deps ./pipeline/plugins
-	$(PY) -c 'import torch, hydra, mlflow, pandas, matplotlib, pytest'
+	$(PY) -c 'import torch, hydra, mlflow, pandas, matplotlib, pytest, psycopg2, playwright'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv: torch==2.13.0 (CPU), then this package with dev tools
@@ -59,6 +59,15 @@ rerun: $(STAMP) ## rerun a logged run and compare: RUN=<run id>, or SWEEP_RUN=<p
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(PORT) over $$MLFLOW_TRACKING_URI (default mlruns/)
 	$(PY) -m pipeline.ui --port $(PORT)
+
+server: $(STAMP) ## team MLflow server on 127.0.0.1:$(PORT), PostgreSQL store in mlruns/pg/ (installs it if missing)
+	$(PY) -m pipeline.server start --port $(PORT) --root mlruns
+
+server-stop: $(STAMP) ## stop the server of `make server` and its PostgreSQL
+	$(PY) -m pipeline.server stop --root mlruns
+
+server-import: $(STAMP) ## copy the SQLite store mlruns/mlflow.db into the server at $$MLFLOW_TRACKING_URI
+	$(PY) -m pipeline.server_import --from sqlite:///$(CURDIR)/mlruns/mlflow.db --to $(MLFLOW_TRACKING_URI)
 
 bench: $(RAY_STAMP) ## wall times and ratios: seeds' loops vs ours, MLflow floor, sweeps end to end, Ray
 	$(PY) -m pipeline.bench $(ARGS)

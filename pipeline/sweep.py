@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import queries
 from pipeline.config import ConfigError, validate
 from pipeline.identity import config_hash
+from pipeline.server import TrackingUnreachable, check_tracking_reachable
 from pipeline.tracking import (
     ParentRun,
     SweepContext,
@@ -386,6 +387,7 @@ class SweepCallback(Callback):
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
         uri = tracking_uri(config)
+        fail_fast_if_unreachable(uri)
         exp_id = ensure_experiment(uri, config.tracking.experiment)
         stale = mark_stale_runs(uri, exp_id)
         if stale:
@@ -406,3 +408,13 @@ class SweepCallback(Callback):
             f"{elapsed:.1f}s | ETA {eta:.0f}s",
             flush=True,
         )
+
+
+def fail_fast_if_unreachable(uri: str) -> None:
+    """A dead tracking server: one line and exit 1 before any job, instead of every job
+    retrying for minutes and the sweep turning each failure into a warning."""
+    try:
+        check_tracking_reachable(uri)
+    except TrackingUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -39,6 +39,14 @@ from sqlalchemy.engine import Engine
 from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, run_name, to_container
 from pipeline.train import TRAIN_THREADS, History, engine_of
+from pipeline.views import (
+    EXPERIMENT_KIND_TAG,
+    TRAINING_KIND,
+    mark_training_experiment,
+    save_runs_view,
+    view_metrics,
+    view_params,
+)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 
@@ -90,9 +98,16 @@ def ensure_experiment(uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         exp_id = str(exp.experiment_id)
+        mark_training_experiment(client, exp)  # one made before the tag existed
     else:
         try:
-            exp_id = str(client.create_experiment(name, artifact_location=artifact_root(uri)))
+            exp_id = str(
+                client.create_experiment(
+                    name,
+                    artifact_location=artifact_root(uri),
+                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},  # the UI's training view
+                )
+            )
         except MlflowException:  # another process created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -197,7 +212,8 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
         "b_hat": hist.b_hat,
         "updates": float(hist.updates),
     }
-    finals.update({f"w_hat.{i}": v for i, v in enumerate(hist.w_hat)})
+    # no dots in metric names: the UI's search box reads `w_hat.0` as an invalid clause
+    finals.update({f"w_hat_{i}": v for i, v in enumerate(hist.w_hat)})
     if hist.diverged_at_step is not None:
         finals["diverged_at_step"] = float(hist.diverged_at_step)
     if math.isfinite(hist.last_iterate_w_error):
@@ -316,6 +332,8 @@ class RunLogger:
 
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
         params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
+        params += view_params(self.cfg)
+        metrics = [*metrics, *view_metrics(self.cfg, int(time.time() * 1000))]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
         with tempfile.TemporaryDirectory() as tmp:
@@ -367,6 +385,7 @@ class ParentRun:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run_id, json.dumps(jobs, indent=1), "jobs.json")
+        save_runs_view(client, experiment_id, run_id)  # what views.runs_view_url opens
         return cls(uri, experiment_id, run_id)
 
     def log_summary(self, counts: dict[str, int], summary_csv: str) -> None:

@@ -29,10 +29,13 @@ CONTRACT = {
     "grad_norm",
     "ols_w_error",
     "ols_b_error",
-    "w_hat.0",
-    "w_hat.1",
+    "w_hat_0",
+    "w_hat_1",
     "b_hat",
     "updates",
+    "lr",  # config values as metrics: numbers the UI sorts and filters
+    "batch_size",
+    "seed",
 }
 CELLS = {  # grid cells x 5 seeds
     "lr": 36 * 5,

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 
 from pipeline import cluster
+from pipeline.server import ServerInfo
 from tests.test_sweep import CONTRACT
 
 pytestmark = pytest.mark.integration
@@ -59,64 +59,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Head]
 
 
 @pytest.fixture(scope="session")
-def tracking_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A tracking server on a free loopback port (SQLite backend for now)."""
-    d = tmp_path_factory.mktemp("mlflow-server")
-    port = cluster.free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{d / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(d / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(d / "server.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, (d / "server.log").read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, 60, "mlflow server")
-        yield uri
-    finally:
-        # its own session: the server, its uvicorn and huey workers share its process group
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=10)
-                wait_for(lambda: not group_alive(proc.pid), 10, "server exit")
-                break
-            except (subprocess.TimeoutExpired, TimeoutError):
-                continue
-        assert not group_alive(proc.pid)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def tracking_server_uri(mlflow_server: ServerInfo) -> str:
+    """The team server of the session (PostgreSQL + mlflow server, tests/integration/conftest)."""
+    return mlflow_server.uri
 
 
 @pytest.fixture
