@@ -87,7 +87,7 @@ def test_stability_bound_matches_theory_within_the_grid(answers: Any) -> None:
 
 def test_noise_floor_within_2x_of_theory_in_every_cell(answers: Any) -> None:
     floor = answers[0]["batch_size"]["noise_floor"]
-    assert floor["cells"] >= 4  # the 3 equal-update cells and the converged lr cells
+    assert floor["cells"] >= 3  # the 3 equal-update cells (and lr cells whose seeds converged)
     assert floor["all_within_2x"] and 0.5 < floor["ratio_min"] <= floor["ratio_max"] < 2
 
 

@@ -165,7 +165,8 @@ def test_default_launcher_sweep_then_rerun_is_all_identical(
     # inside its stacked group), and the d2l cells with their own code
     run_app(monkeypatch, tmp_path, "sweep=smoke", "hydra/launcher=stacked", "seed=0,1")
     parent = only(client, "tags.sweep_parent = 'true'")[0]
-    engines = {r.data.tags["engine"] for r in only(client, "tags.sweep = 'smoke'")}
+    children = only(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    engines = {r.data.tags["engine"] for r in children}
     assert engines == {"stacked"}
     assert latest_sweep_url(client.tracking_uri, "http://h") == runs_view_url(
         "http://h", parent.info.experiment_id, parent.info.run_id
