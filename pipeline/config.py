@@ -148,6 +148,7 @@ class TrackingConfig:
 class SweepConfig:
     name: str = MISSING  # preset that launched the job (set by conf/sweep/*.yaml)
     force: bool = MISSING  # retrain jobs whose config already has a FINISHED run
+    report: bool = MISSING  # build the FAQ report on the parent run when the sweep ends
 
 
 @dataclass

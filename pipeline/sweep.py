@@ -276,7 +276,13 @@ class GridsSweeperImpl(Sweeper):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
         summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0)
-        if (summary["status"][~summary["cached"]] == "failed").any():
+        failed = (summary["status"][~summary["cached"]] == "failed").any()
+        if cfg.sweep.report and not failed:
+            from pipeline.report import build_report  # matplotlib & co only when asked
+
+            build_report(parent.run_id, uri=uri)
+            print(f"report: logged to the parent run {parent.run_id} under report/")
+        if failed:
             raise SystemExit(1)
         return results
 

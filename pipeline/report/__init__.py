@@ -103,10 +103,13 @@ def answers_of(sections: list[Section]) -> dict[str, Any]:
     return out
 
 
-def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, list[Section]]:
-    """Write the report for a sweep into ``out`` and log it to the sweep's parent run."""
+def build_report(
+    sweep: str = "latest", out: Path | None = None, uri: str | None = None
+) -> tuple[str, list[Section]]:
+    """Write the report for a sweep into ``out`` and log it to the sweep's parent run (in the
+    store ``uri``, by default $MLFLOW_TRACKING_URI or the project's)."""
     register_configs()
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     parent = find_parent(uri, sweep)
     data = SweepData(uri, parent)
     with tempfile.TemporaryDirectory() as tmp:
