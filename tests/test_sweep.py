@@ -97,19 +97,24 @@ def train_diverges(*overrides: str) -> bool:
     return train_one(compose_cfg(*overrides)).diverged
 
 
+def seed0(preset: str) -> list[tuple[str, list[str]]]:
+    """A preset's cells for one seed (the knobs do not depend on it)."""
+    return [(g, o) for g, o in preset_jobs(preset) if "seed=0" in o]
+
+
 def test_named_knobs_derive_lr_and_epochs_in_each_job() -> None:
-    sums = [os for g, os in preset_jobs("reduction") if g == "reduction_sum_scaled"]
+    sums = [os for g, os in seed0("reduction") if g == "reduction_sum_scaled"]
     for overrides in sums:
         cfg = compose_cfg(*overrides)
         assert cfg.optim.lr == 0.03  # the param says what the user chose ...
         assert effective_lr(cfg) == pytest.approx(0.03 / cfg.train.batch_size)  # ... and this
     scaled = {
         (c.optim.lr_scaling.value, c.train.batch_size): effective_lr(c)
-        for c in (compose_cfg(*o) for _, o in preset_jobs("batch_size"))
+        for c in (compose_cfg(*o) for _, o in seed0("batch_size"))
     }
     assert scaled["linear", 1000] == pytest.approx(3.0) and scaled["none", 1000] == 0.03
     assert scaled["sqrt", 1] == pytest.approx(0.03 / math.sqrt(10))
-    for _, overrides in preset_jobs("data_size"):
+    for _, overrides in seed0("data_size"):
         cfg = compose_cfg(*overrides)
         per_epoch = math.ceil(cfg.data.n / cfg.train.batch_size)
         # the fewest epochs that make the preset's update budget: equal updates at every n
@@ -279,12 +284,12 @@ def test_joblib_sweep_into_a_fresh_store(tmp_path: Path, client: mlflow.MlflowCl
         tmp_path,
         "hydra/launcher=joblib",
         "model=linear,scratch",
-        "optim.lr=0.01,0.02,0.03,0.05",
+        "optim.lr=0.01,0.02",
         "seed=0,1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     parents, children = split(all_runs(client))
-    assert len(parents) == 1 and len(children) == 16
+    assert len(parents) == 1 and len(children) == 8
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert len({c.data.tags["pid"] for c in children}) >= 2  # really in other processes
     for child in children:
