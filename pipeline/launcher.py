@@ -57,7 +57,7 @@ class StackedLauncherImpl(Launcher):
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         context = sweep_context(job_overrides)
         overrides = [JobComposer.task_overrides(o) for o in job_overrides]
-        cfgs = [compose(o) for o in overrides]
+        cfgs = [compose.take(o) for o in overrides]
         for cfg in cfgs:
             prepare(cfg, stacking=True)
         groups = group_by_schedule(cfgs)

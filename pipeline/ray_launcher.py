@@ -193,7 +193,7 @@ class RayStackedLauncherImpl(Launcher):
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         context = sweep_context(job_overrides)
         job_overrides = [JobComposer.task_overrides(o) for o in job_overrides]
-        cfgs = [compose(overrides) for overrides in job_overrides]
+        cfgs = [compose.take(overrides) for overrides in job_overrides]
         for cfg in cfgs:
             prepare(cfg, stacking=True)
         groups = [c for g in group_by_schedule(cfgs) for c in chunks(g, self.group_size)]

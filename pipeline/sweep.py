@@ -129,6 +129,7 @@ class JobComposer:
         self.loader, self.master_config = loader, master_config
         self.parser = OverridesParser.create(config_loader=loader)
         self.composed: dict[tuple[str, ...], DictConfig] = {}
+        self.planned: dict[tuple[str, ...], DictConfig] = {}
         self.parsed: dict[str, tuple[Any, bool]] = {}
 
     _shared: dict[tuple[int, int], JobComposer] = {}
@@ -166,6 +167,15 @@ class JobComposer:
         cfg = copy.deepcopy(self.composed[groups])
         ConfigLoaderImpl._apply_overrides_to_config([o for o, g in parsed if not g], cfg)
         return cfg
+
+    def keep(self, overrides: Sequence[str], cfg: DictConfig) -> None:
+        """Hold a job's config, composed while planning, for the launcher (compose once)."""
+        self.planned[tuple(overrides)] = cfg
+
+    def take(self, overrides: Sequence[str]) -> DictConfig:
+        """The config the plan composed for these overrides (handed over, not copied), or a
+        fresh composition for a launcher used without the grids sweeper."""
+        return self.planned.pop(tuple(overrides), None) or self(overrides)
 
 
 class GridsSweeperImpl(Sweeper):
@@ -223,6 +233,7 @@ class GridsSweeperImpl(Sweeper):
                 print(f"error: {line} (job: {' '.join(overrides)})", file=sys.stderr)
                 raise SystemExit(2) from None
             jobs.append(Job(grid, overrides, config_hash(cfg)))
+            compose.keep(overrides, cfg)
         return jobs
 
     # -- running
