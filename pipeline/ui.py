@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from pipeline.queries import latest_sweep
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import StoreError, tracking_uri
 
 
 def latest_sweep_url(uri: str, base: str) -> str | None:
@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri()
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {base}  (store: {uri})")
-    latest = latest_sweep_url(uri, base)
+    try:
+        latest = latest_sweep_url(uri, base)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`")
     cmd = [
         sys.executable,
