@@ -365,18 +365,23 @@ class RunLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            if self._hist is None:
-                self._close(RunStatus.FAILED, [], {"error": "the job logged no history"})
-                return
-            now = int(time.time() * 1000)
-            metrics = history_metrics(self._hist, now)
-            metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
-            self._close(RunStatus.FINISHED, metrics, {"diverged": str(self._hist.diverged).lower()})
-        elif isinstance(exc, KeyboardInterrupt):
-            self._close(RunStatus.KILLED, [], {"error": "interrupted"})
-        else:
-            self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
+        try:
+            if exc is None:
+                if self._hist is None:
+                    self._close(RunStatus.FAILED, [], {"error": "the job logged no history"})
+                    return
+                now = int(time.time() * 1000)
+                metrics = history_metrics(self._hist, now)
+                metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
+                diverged = str(self._hist.diverged).lower()
+                self._close(RunStatus.FINISHED, metrics, {"diverged": diverged})
+            elif isinstance(exc, KeyboardInterrupt):
+                self._close(RunStatus.KILLED, [], {"error": "interrupted"})
+            else:
+                self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
+        except KeyboardInterrupt:  # a signal while logging: the run is still closed, KILLED
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
 
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
