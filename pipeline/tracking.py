@@ -102,23 +102,18 @@ def first_line(exc: BaseException) -> str:
 def check_sqlite_file(db: Path) -> None:
     """An existing database file must be SQLite (MLflow would retry a corrupted one for
     minutes before failing with a traceback)."""
+    # Only through SQLite itself: closing a plain file descriptor of the database would drop
+    # the POSIX locks that this process's open SQLite connections hold on it.
     if not db.exists() or db.stat().st_size == 0:
         return
-    what = None
     if db.is_dir():
-        what = "is a directory"
-    else:
-        with open(db, "rb") as fh:
-            if fh.read(16) != b"SQLite format 3\x00":
-                what = "is not a SQLite database"
-    if what is None:
-        try:
-            with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.DatabaseError as exc:
-            what = f"is corrupted ({exc})"
-    if what:
-        raise StoreError(f"tracking store {db} {what}: move it away, or {HINT}")
+        raise StoreError(f"tracking store {db} is a directory: {HINT}")
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        what = "is not a SQLite database" if "not a database" in str(exc) else "is corrupted"
+        raise StoreError(f"tracking store {db} {what} ({exc}): move it away, or {HINT}") from None
 
 
 @functools.cache
@@ -497,7 +492,7 @@ def sweep_lock(
     ``sweep_claim.<hash>`` set to this process and read back after a second; a claim whose
     process is gone (same host) is taken over."""
     me = str(ProcessId.current())
-    path = store_lock_path(uri, f"sweep-{sweep_hash}")
+    path = sweep_lock_path(uri, sweep_hash)
     if path is not None:
         with file_lock(path, on_wait, note=me):
             yield
@@ -526,6 +521,11 @@ def sweep_lock(
     finally:
         if holder() == nonce:
             client.set_experiment_tag(experiment_id, key, "")
+
+
+def sweep_lock_path(uri: str, sweep_hash: str) -> Path | None:
+    """The lock file of a sweep on a SQLite store; None: a claim on the store."""
+    return store_lock_path(uri, f"sweep-{sweep_hash}")
 
 
 CLAIM_SETTLE_S = 1.0  # between writing a claim and reading it back

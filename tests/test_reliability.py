@@ -24,9 +24,11 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.job import run_job
 from pipeline.procs import ProcessId, start_time
 from pipeline.tracking import mark_stale_runs, sweep_lock
-from tests.test_sweep import all_runs, split
+from tests.conftest import compose_cfg
+from tests.test_sweep import all_runs, run_app, split
 
 SMALL = ["model=linear,scratch", "optim.lr=0.03,5"]  # 4 jobs, two of them diverge
 
@@ -65,29 +67,31 @@ def finish(proc: subprocess.Popen[bytes], out: Path, code: int = 0) -> str:
 def check_store(runs: list[Run], parents: int, configs: int) -> None:
     """One FINISHED run per config, no duplicate, nothing RUNNING."""
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
-    ps, children = split(runs)
+    ps = split(runs)[0]
     assert len(ps) == parents
-    finished = Counter(c.data.tags["config_hash"] for c in children if c.info.status == "FINISHED")
+    jobs = [r for r in runs if "config_hash" in r.data.tags]  # children, and lone jobs
+    finished = Counter(r.data.tags["config_hash"] for r in jobs if r.info.status == "FINISHED")
     assert len(finished) == configs and set(finished.values()) == {1}
 
 
 # --- one sweep at a time ----------------------------------------------------------------------
 
 
-def test_identical_sweeps_at_once_on_a_fresh_then_an_existing_store(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # no file yet: both migrate it at once
-    client = mlflow.MlflowClient(tracking_uri=uri)
+def test_identical_sweeps_at_once_on_a_fresh_and_an_existing_store(
+    tmp_path: Path, tracking_uri: str, client: mlflow.MlflowClient
+) -> None:
+    fresh = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # no file yet: both migrate it at once
     launcher = "hydra/launcher=stacked"
-    a, b = (start(tmp_path, n, launcher, *SMALL, uri=uri) for n in ("a", "b"))
-    outs = [finish(*a), finish(*b)]
-    check_store(all_runs(client), parents=1, configs=4)
-    assert sum("another sweep of the same jobs is running" in o for o in outs) <= 1
-
-    # again, on the existing store, a larger set of jobs (4 of its 6 configs cached)
-    more = ["model=linear,scratch", "optim.lr=0.03,5,0.1"]
-    c, d = (start(tmp_path, n, launcher, *more, uri=uri) for n in ("c", "d"))
-    finish(*c), finish(*d)
-    check_store(all_runs(client), parents=2, configs=6)
+    # the existing store already holds two of the configs (trained by the stacked engine)
+    for model in ("linear", "scratch"):
+        run_job(compose_cfg(f"model={model}", "train.engine=stacked"))
+    more = ["model=linear,scratch", "optim.lr=0.03,5,0.1"]  # 6 jobs, 2 cached
+    pairs = [start(tmp_path, n, launcher, *SMALL, uri=fresh) for n in ("a", "b")]
+    pairs += [start(tmp_path, n, launcher, *more) for n in ("c", "d")]
+    outs = [finish(*p) for p in pairs]
+    check_store(all_runs(mlflow.MlflowClient(tracking_uri=fresh)), parents=1, configs=4)
+    check_store(all_runs(client), parents=1, configs=6)
+    assert sum("another sweep of the same jobs is running" in o for o in outs) <= 2
 
 
 def test_the_server_claim_makes_a_second_identical_sweep_wait(
@@ -96,7 +100,7 @@ def test_the_server_claim_makes_a_second_identical_sweep_wait(
     """The claim used for tracking servers (here forced on the SQLite store)."""
     import pipeline.tracking as tracking
 
-    monkeypatch.setattr(tracking, "store_lock_path", lambda uri, name: None)
+    monkeypatch.setattr(tracking, "sweep_lock_path", lambda uri, sweep_hash: None)
     monkeypatch.setattr(tracking, "CLAIM_SETTLE_S", 0.05)
     monkeypatch.setattr(tracking, "CLAIM_POLL_S", 0.05)
     exp = tracking.ensure_experiment(tracking_uri, "linreg")
@@ -189,11 +193,13 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def test_sigkill_of_a_joblib_sweep_kills_its_workers_and_the_next_sweep_resumes(
-    tmp_path: Path, client: mlflow.MlflowClient
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    args = ["hydra/launcher=joblib", "model=linear,scratch", "seed=0,1,2,3,4,5"]  # 12 jobs
-    proc, out = start(tmp_path, "k", *args, start_new_session=True)
-    wait_for(out, "job 2/12", proc)
+    grid = ["model=linear,scratch", "seed=0,1,2"]  # 6 jobs
+    proc, out = start(tmp_path, "k", "hydra/launcher=joblib", *grid, start_new_session=True)
+    wait_for(out, "job 1/6", proc)
     workers = descendants(proc.pid)
     assert len(workers) >= 2
     proc.kill()
@@ -202,13 +208,13 @@ def test_sigkill_of_a_joblib_sweep_kills_its_workers_and_the_next_sweep_resumes(
     while alive(workers) and time.time() < deadline:
         time.sleep(0.2)
     assert alive(workers) == set(), "workers outlived their sweep by 10 s"
-    assert len(split(all_runs(client))[0]) == 1
+    (dead,) = split(all_runs(client))[0]
+    assert dead.info.status == "RUNNING"  # nothing could close it: SIGKILL
 
-    again, out2 = start(tmp_path, "k2", *args)
-    text = finish(again, out2)
-    assert "stale RUNNING run(s) KILLED" in text
+    # the same sweep again (in this process, with the basic launcher: same jobs, same parent)
+    run_app(monkeypatch, tmp_path, *grid)
     runs = all_runs(client)
-    check_store(runs, parents=1, configs=12)
+    check_store(runs, parents=1, configs=6)
     assert split(runs)[0][0].data.tags["resumed"] == "true"
 
 
