@@ -11,6 +11,7 @@ it. The summary is read back from MLflow, not from the launcher's memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -227,30 +228,45 @@ class GridsSweeperImpl(Sweeper):
         uri = tracking_uri(cfg)
         exp_id = ensure_experiment(uri, cfg.tracking.experiment)
 
+        since = [t0]  # what this sweep may count as done even under sweep.force
+
         def waiting(holder: str) -> None:
+            who, _, when = holder.partition(" ")
+            with contextlib.suppress(ValueError):
+                since[0] = min(since[0], float(when))  # what it trains counts as ours
             print(
-                f"another sweep of the same jobs is running on this store ({holder}); "
+                f"another sweep of the same jobs is running on this store ({who}); "
                 "waiting for it to finish, then only what it left is run",
                 file=sys.stderr,
                 flush=True,
             )
 
         with signals_as_interrupt(), sweep_lock(uri, exp_id, sweep_hash_of(jobs), waiting):
-            return self.run_locked(uri, exp_id, jobs, arguments, t0)
+            return self.run_locked(uri, exp_id, jobs, arguments, t0, since[0])
 
     def run_locked(
-        self, uri: str, exp_id: str, jobs: list[Job], arguments: list[str], t0: float
+        self,
+        uri: str,
+        exp_id: str,
+        jobs: list[Job],
+        arguments: list[str],
+        t0: float,
+        since: float,
     ) -> list[Sequence[JobReturn]]:
+        """The sweep, holding its lock. ``since``: with ``sweep.force``, runs started since
+        then (by this sweep, or by the identical one it waited for) are not retrained."""
         assert self.config is not None and self.launcher is not None
         cfg = self.config
-        finished = {} if cfg.sweep.force else queries.finished_by_hash(uri, exp_id)
+        finished = queries.finished_by_hash(uri, exp_id)
+        if cfg.sweep.force:  # retrain, except what an identical sweep we waited for just did
+            finished = {h: r for h, r in finished.items() if r.info.start_time >= since * 1000}
         unique: dict[str, Job] = {}
         for job in jobs:
             run = finished.get(job.config_hash)
             job.cached_run = run.info.run_id if run else None
             unique.setdefault(job.config_hash, job)
         todo = [j for j in unique.values() if j.cached_run is None]
-        parent = open_parent(uri, exp_id, cfg, jobs, arguments)
+        parent = open_parent(uri, exp_id, cfg, jobs, arguments, started=since)
         log.info(
             f"sweep '{cfg.sweep.name}': {len(unique)} jobs ({len(jobs)} grid cells), "
             f"{len(unique) - len(todo)} cached, {len(todo)} to run; parent run "
@@ -302,17 +318,21 @@ def sweep_hash_of(jobs: list[Job]) -> str:
 
 
 def open_parent(
-    uri: str, exp_id: str, cfg: DictConfig, jobs: list[Job], arguments: list[str]
+    uri: str,
+    exp_id: str,
+    cfg: DictConfig,
+    jobs: list[Job],
+    arguments: list[str],
+    started: float = 0.0,
 ) -> ParentRun:
     """The sweep's parent run: the one of an earlier run of the same set of jobs (resume), or
-    a new one."""
+    a new one. With ``sweep.force`` only a parent created since this sweep ``started`` (by an
+    identical sweep it waited for) is reused."""
     hashes = sorted({j.config_hash for j in jobs})
     sweep_hash = sweep_hash_of(jobs)
-    previous = (
-        []
-        if cfg.sweep.force
-        else queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
-    )
+    previous = queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
+    if cfg.sweep.force:
+        previous = [r for r in previous if r.info.start_time >= started * 1000]
     reuse = max(previous, key=lambda r: r.info.start_time).info.run_id if previous else None
     return ParentRun.open(
         uri,

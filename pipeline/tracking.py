@@ -488,17 +488,18 @@ def sweep_lock(
     cached, instead of training them twice. Different sweeps do not wait for each other.
 
     SQLite: an ``flock`` on a file next to the database (released by the kernel when the
-    process dies). Other stores (a tracking server): a claim, the experiment tag
+    process dies). ``on_wait`` gets the holder as ``host:pid:start since`` (since: when it
+    took the lock, epoch seconds). Other stores (a tracking server): a claim, the experiment tag
     ``sweep_claim.<hash>`` set to this process and read back after a second; a claim whose
     process is gone (same host) is taken over."""
-    me = str(ProcessId.current())
+    me = f"{ProcessId.current()} {time.time():.3f}"  # who holds it, since when
     path = sweep_lock_path(uri, sweep_hash)
     if path is not None:
         with file_lock(path, on_wait, note=me):
             yield
         return
     client, key, waited = get_client(uri), f"sweep_claim.{sweep_hash}", False
-    nonce = f"{me} {os.urandom(4).hex()}"
+    nonce = f"{me} {os.urandom(4).hex()}"  # me: the holder text on_wait gets
 
     def holder() -> str:
         return str(client.get_experiment(experiment_id).tags.get(key, ""))
@@ -508,7 +509,7 @@ def sweep_lock(
         owner = ProcessId.parse(current.split(" ")[0]) if current else None
         if owner is not None and owner.alive() is not False:
             if not waited:
-                on_wait(str(owner))
+                on_wait(" ".join(current.split(" ")[:2]))
                 waited = True
             time.sleep(CLAIM_POLL_S)
             continue
