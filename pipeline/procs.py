@@ -149,6 +149,8 @@ def signals_as_interrupt() -> Iterator[None]:
             print(f"(signal {signum} ignored: closing the open runs)", file=sys.stderr)
             return
         fired = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Interrupted(f"signal {signum}")
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
