@@ -23,13 +23,20 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.config import PROJECT_ROOT, ConfigError, register_configs
 from pipeline.job import run_job
 from pipeline.procs import Interrupted
-from pipeline.tracking import StoreError
+from pipeline.server import TrackingUnreachable, check_tracking_reachable
+from pipeline.tracking import StoreError, tracking_uri
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
+    try:
+        check_tracking_reachable(tracking_uri(cfg))
+    except TrackingUnreachable as exc:
+        # One line naming the URI, in seconds (MLflow alone retries for minutes).
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     try:
         return run_job(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, StoreError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,7 @@ class LossName(str, Enum):
 class Reduction(str, Enum):
     mean = "mean"  # divide the batch loss by the real batch length
     sum = "sum"  # plain sum: gradients grow with the batch, so lr must shrink by 1/B
+    nominal = "nominal"  # sum / train.batch_size: d2l 3.2's sgd, a partial batch steps short
 
 
 class InitName(str, Enum):
@@ -52,6 +54,18 @@ class LrScaling(str, Enum):
     sqrt = "sqrt"  # lr * sqrt(B / reference_batch_size)
     linear = "linear"  # lr * B / reference_batch_size (the linear scaling rule)
     inverse = "inverse"  # lr * reference_batch_size / B (sum reduction's step = mean's step)
+
+
+class ScheduleName(str, Enum):
+    constant = "constant"  # lr at every update
+    step = "step"  # lr * gamma ** floor(t / decay_updates)
+    inverse_time = "inverse_time"  # lr / (1 + t / decay_updates)
+    cosine = "cosine"  # lr * (1 + cos(pi t / T)) / 2 over the run's T updates
+
+
+class AveragingName(str, Enum):
+    none = "none"  # the model is the last iterate
+    tail = "tail"  # the model is the mean of the iterates after optim.average_from of training
 
 
 class DType(str, Enum):
@@ -102,6 +116,11 @@ class OptimConfig:
     lr: float = MISSING  # SGD learning rate, before lr_scaling
     lr_scaling: LrScaling = MISSING  # how the lr follows the batch size
     reference_batch_size: int = MISSING  # the B at which lr_scaling leaves lr unchanged
+    schedule: ScheduleName = MISSING  # how the lr changes over the updates
+    decay_updates: int = MISSING  # the step schedule's interval, inverse_time's time constant
+    gamma: float = MISSING  # the step schedule's factor per interval, in (0, 1]
+    averaging: AveragingName = MISSING  # iterate averaging (Polyak-Ruppert: average_from 0)
+    average_from: float = MISSING  # share of the updates after which iterates are averaged
 
 
 @dataclass
@@ -110,7 +129,9 @@ class TrainConfig:
     epochs: int = MISSING  # passes over the data (at least)
     min_updates: int = MISSING  # more epochs if needed to make at least this many updates
     drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
-    log_every: int = MISSING  # log batch_loss and grad_norm every this many updates
+    log_every: int = (
+        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~200 points)
+    )
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
     engine: EngineName = MISSING  # which code trains the job; the run's `engine` tag
@@ -212,6 +233,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optim.reference_batch_size={cfg.optim.reference_batch_size}: must be >= 1"
         )
+    if cfg.optim.decay_updates < 1:
+        raise ConfigError(f"optim.decay_updates={cfg.optim.decay_updates}: must be >= 1")
+    if not 0 < cfg.optim.gamma <= 1:
+        raise ConfigError(f"optim.gamma={cfg.optim.gamma}: must be in (0, 1]")
+    if not 0 <= cfg.optim.average_from < 1:
+        raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
     n = cfg.data.n
     if n < 1:
         raise ConfigError(f"data.n={n}: must be >= 1")
@@ -224,8 +251,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.min_updates={cfg.train.min_updates}: must be >= 0")
     if not cfg.train.divergence_ratio > 1:
         raise ConfigError(f"train.divergence_ratio={cfg.train.divergence_ratio}: must be > 1")
-    if cfg.train.log_every < 1:
-        raise ConfigError(f"train.log_every={cfg.train.log_every}: must be >= 1")
+    if cfg.train.log_every < 0:
+        raise ConfigError(f"train.log_every={cfg.train.log_every}: must be >= 1, or 0 for auto")
     if not cfg.data.noise >= 0:
         raise ConfigError(f"data.noise={cfg.data.noise}: must be a finite number >= 0")
     if len(cfg.data.true_w) < 1:
@@ -267,3 +294,29 @@ def planned_epochs(cfg: DictConfig) -> int:
     """train.epochs, or more when train.min_updates asks for more updates than that."""
     t = cfg.train
     return max(int(t.epochs), -(-int(t.min_updates) // updates_per_epoch(cfg)))
+
+
+def planned_updates(cfg: DictConfig) -> int:
+    return planned_epochs(cfg) * updates_per_epoch(cfg)
+
+
+def lr_factor(cfg: DictConfig) -> Callable[[int], float]:
+    """The schedule as a function of the update index t = 0, 1, ... (the first update has the
+    full lr): lr_t = effective_lr * factor(t)."""
+    o = cfg.optim
+    schedule, every, gamma = ScheduleName(o.schedule), int(o.decay_updates), float(o.gamma)
+    total = planned_updates(cfg)
+    if schedule == ScheduleName.step:
+        return lambda t: gamma ** (t // every)
+    if schedule == ScheduleName.inverse_time:
+        return lambda t: 1.0 / (1.0 + t / every)
+    if schedule == ScheduleName.cosine:
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * t / total))
+    return lambda t: 1.0
+
+
+def averaging_start(cfg: DictConfig) -> int | None:
+    """Updates after which the iterates are averaged (None: the model is the last iterate)."""
+    if AveragingName(cfg.optim.averaging) == AveragingName.none:
+        return None
+    return int(math.floor(float(cfg.optim.average_from) * planned_updates(cfg)))

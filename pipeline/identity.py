@@ -80,7 +80,8 @@ def run_name(cfg: DictConfig) -> str:
     other key that differs from the default config (the engine when it is not the default)."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
-    loss = cfg.loss.name.value + ("-sum" if cfg.loss.reduction.value == "sum" else "")
+    reduction = cfg.loss.reduction.value
+    loss = cfg.loss.name.value + ("" if reduction == "mean" else f"-{reduction}")
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
     defaults = default_values()
     for key, value in flatten(to_container(cfg)).items():

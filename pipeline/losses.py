@@ -56,10 +56,13 @@ def per_sample(cfg: DictConfig) -> PerSample:
     return {LossName.squared: squared_loss, LossName.mse: mse_loss}[name]
 
 
-def reduce(losses: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    # mean divides by the real batch length: d2l's sgd divides by the nominal batch size, which
-    # over-shrinks the last partial batch (exercise 3.2.7).
-    return losses.mean() if reduction == Reduction.mean else losses.sum()
+def reduce(losses: torch.Tensor, reduction: Reduction, batch_size: int) -> torch.Tensor:
+    """mean divides by the real batch length; nominal by the configured batch size, as d2l
+    3.2's ``sgd(params, lr, batch_size)`` does, which shrinks the step of a partial last batch
+    (exercise 3.2.7); sum does not divide."""
+    if reduction == Reduction.mean:
+        return losses.mean()
+    return losses.sum() / batch_size if reduction == Reduction.nominal else losses.sum()
 
 
 # --- d2l 3.3: PyTorch's modules ---------------------------------------------------------------
@@ -72,12 +75,28 @@ class HalfMSELoss(nn.MSELoss):
         return super().forward(input, target) / 2
 
 
+class NominalMean(nn.Module):
+    """A summed ``nn`` loss divided by the configured batch size (d2l 3.2's sgd)."""
+
+    def __init__(self, summed: nn.Module, batch_size: int):
+        super().__init__()
+        self.summed, self.batch_size = summed, batch_size
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.summed(input, target) / self.batch_size
+
+
 def nn_loss(cfg: DictConfig) -> nn.Module:
-    reduction = Reduction(cfg.loss.reduction).value
+    reduction = Reduction(cfg.loss.reduction)
+    torch_reduction = "sum" if reduction == Reduction.nominal else reduction.value
     name = LossName(cfg.loss.name)
     if name == LossName.huber:
-        return nn.HuberLoss(reduction=reduction, delta=float(cfg.loss.delta))
-    return {LossName.squared: HalfMSELoss, LossName.mse: nn.MSELoss}[name](reduction=reduction)
+        loss: nn.Module = nn.HuberLoss(reduction=torch_reduction, delta=float(cfg.loss.delta))
+    else:
+        loss = {LossName.squared: HalfMSELoss, LossName.mse: nn.MSELoss}[name](
+            reduction=torch_reduction
+        )
+    return NominalMean(loss, int(cfg.train.batch_size)) if reduction == Reduction.nominal else loss
 
 
 # --- the stacked step: closed form of K losses at once -----------------------------------------
@@ -100,20 +119,30 @@ class ClampForm:
         self.neg_delta = -self.delta
         self.coef = torch.tensor([2.0 if n == LossName.mse else 1.0 for n in names], dtype=dtype)
         self.mean = torch.tensor([Reduction(c.loss.reduction) == Reduction.mean for c in cfgs])
+        # nominal: divided by the configured B (one per group: configs stack by batch size)
+        self.nominal = torch.tensor(
+            [Reduction(c.loss.reduction) == Reduction.nominal for c in cfgs]
+        )
+        self.batch_size = int(cfgs[0].train.batch_size)
         self.dtype = dtype
         self._scales: dict[int, torch.Tensor] = {}
 
     def scale(self, batch_len: int) -> torch.Tensor:
-        """coef/len for a mean reduction (the real length of a partial batch), coef for a sum."""
+        """coef/len for a mean reduction (the real length of a partial batch), coef/B for the
+        nominal one, coef for a sum."""
         if batch_len not in self._scales:
             one = torch.ones((), dtype=self.dtype)  # python floats would make where() float32
-            self._scales[batch_len] = self.coef * torch.where(self.mean, one / batch_len, one)
+            per = torch.where(self.nominal, one / self.batch_size, one)
+            self._scales[batch_len] = self.coef * torch.where(self.mean, one / batch_len, per)
         return self._scales[batch_len]
 
     def clamp(self, r: torch.Tensor) -> torch.Tensor:
         return torch.clamp(r, min=self.neg_delta, max=self.delta)
 
     def value(self, r: torch.Tensor) -> torch.Tensor:
-        """The reduced loss of every model, (K,), from residuals r of shape (len, K)."""
+        """The reduced loss of every model, (K,), from residuals r of shape (len, K); the
+        nominal reduction of the full data divides by n, like a mean."""
         c = self.clamp(r)
-        return self.scale(len(r)) * (c * (r - 0.5 * c)).sum(0)
+        one = torch.ones((), dtype=self.dtype)
+        scale = self.coef * torch.where(self.mean | self.nominal, one / len(r), one)
+        return scale * (c * (r - 0.5 * c)).sum(0)

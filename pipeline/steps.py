@@ -20,11 +20,12 @@ from typing import Protocol
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.func import functional_call
 from torch.utils import data
 
 from pipeline.config import ModelName, Reduction, effective_lr
 from pipeline.data import with_bias_column
-from pipeline.losses import ClampForm, nn_loss, per_sample, reduce
+from pipeline.losses import ClampForm, NominalMean, nn_loss, per_sample, reduce
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -59,8 +60,9 @@ class Step(Protocol):
         """θ = [w, b] of every model, (K, d+1), detached."""
         ...
 
-    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(K,) the run's own loss and reduction on the full data (what d2l prints)."""
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """(K,) the run's own loss and reduction on the full data (what d2l prints), at
+        parameters θ (the current iterate, or the averaged one)."""
         ...
 
 
@@ -95,14 +97,16 @@ class ScratchStep:
         self.w = theta0[0, :d].reshape(-1, 1).clone().requires_grad_(True)
         self.b = theta0[0, d:].clone().requires_grad_(True)
         self.loss = per_sample(cfg)
-        self.reduction = Reduction(cfg.loss.reduction)
+        self.reduction, self.batch_size = Reduction(cfg.loss.reduction), int(cfg.train.batch_size)
         self._last: torch.Tensor | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         return data_iter(order.index_batches(), X, y)
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._last = reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction)
+        self._last = reduce(
+            self.loss(linreg(X, self.w, self.b), y), self.reduction, self.batch_size
+        )
         return self._last.detach().reshape(1)
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
@@ -116,9 +120,12 @@ class ScratchStep:
     def params(self) -> torch.Tensor:
         return torch.cat([self.w.detach().reshape(-1), self.b.detach()]).reshape(1, -1)
 
-    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        w, b = theta[0, :-1].reshape(-1, 1), theta[0, -1:]
         with torch.no_grad():
-            return reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction).reshape(1)
+            # on the full data the nominal reduction divides by n, like a mean
+            reduction = Reduction.mean if self.reduction == Reduction.nominal else self.reduction
+            return reduce(self.loss(linreg(X, w, b), y), reduction, len(X)).reshape(1)
 
 
 # --- d2l 3.3 ----------------------------------------------------------------------------------
@@ -166,9 +173,13 @@ class LinearStep:
         layer = self.layer
         return torch.cat([layer.weight.detach().reshape(-1), layer.bias.detach()]).reshape(1, -1)
 
-    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        params = {"0.weight": theta[:, :-1], "0.bias": theta[0, -1:]}
+        loss = self.loss.summed if isinstance(self.loss, NominalMean) else self.loss
         with torch.no_grad():
-            return self.loss(self.net(X), y).reshape(1)
+            value = loss(functional_call(self.net, params, (X,)), y)
+        # on the full data the nominal reduction divides by n, like a mean
+        return (value / len(X) if loss is not self.loss else value).reshape(1)
 
 
 # --- stacked ----------------------------------------------------------------------------------
@@ -207,8 +218,8 @@ class StackedStep:
     def params(self) -> torch.Tensor:
         return self.theta
 
-    def full_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.form.value(with_bias_column(X) @ self.theta.T - y.reshape(-1, 1))
+    def full_loss(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return self.form.value(with_bias_column(X) @ theta.T - y.reshape(-1, 1))
 
 
 def make_step(engine: str, cfgs: Sequence[DictConfig], theta0: torch.Tensor) -> Step:

@@ -37,10 +37,12 @@ from pipeline import queries
 from pipeline.config import ConfigError, validate
 from pipeline.identity import config_hash
 from pipeline.procs import ProcessId, file_lock, signals_as_interrupt, watch_owner
+from pipeline.server import TrackingUnreachable, check_tracking_reachable
 from pipeline.tracking import (
     ParentRun,
     StoreError,
     SweepContext,
+    close_orphans,
     ensure_experiment,
     mark_stale_runs,
     sweep_lock,
@@ -70,10 +72,14 @@ def as_override_value(value: Any) -> str:
 
 
 def expand(
-    grids: dict[str, dict[str, Any]], arguments: list[str], config_loader: Any = None
+    grids: dict[str, dict[str, Any]],
+    arguments: list[str],
+    config_loader: Any = None,
+    seeds: int | None = None,
 ) -> list[tuple[str, list[str]]]:
     """(grid, overrides) of every job: each grid's product (as Hydra's basic sweeper takes
-    it) times the command line's own sweeps; with no grids, just the command line's."""
+    it) times the command line's own sweeps; with no grids, just the command line's. With
+    ``seeds``, a grid that sets no seed (nor does the command line) runs seeds 0..seeds-1."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -81,6 +87,8 @@ def expand(
     jobs = []
     for name, params in (grids or {"cli": {}}).items():
         lines = [f"{k}={as_override_value(v)}" for k, v in params.items()] + list(arguments)
+        if seeds and not any(line.lstrip("+~").startswith("seed=") for line in lines):
+            lines.append(f"seed=range(0,{seeds})")
         for batch in BasicSweeper.split_arguments(parser.parse_overrides(lines), None):
             jobs += [(name, list(overrides)) for overrides in batch]
     return jobs
@@ -154,10 +162,14 @@ class JobComposer:
 
 class GridsSweeperImpl(Sweeper):
     def __init__(
-        self, grids: dict[str, dict[str, Any]] | None = None, max_batch_size: int | None = None
+        self,
+        grids: dict[str, dict[str, Any]] | None = None,
+        max_batch_size: int | None = None,
+        seeds: int | None = None,
     ) -> None:
         self.grids = {k: dict(v) for k, v in (grids or {}).items()}
         self.max_batch_size = max_batch_size
+        self.seeds = seeds
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
@@ -192,7 +204,8 @@ class GridsSweeperImpl(Sweeper):
         assert self.hydra_context is not None and self.config is not None
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         jobs = []
-        for grid, overrides in expand(self.grids, arguments, self.hydra_context.config_loader):
+        loader = self.hydra_context.config_loader
+        for grid, overrides in expand(self.grids, arguments, loader, self.seeds):
             try:
                 cfg = compose(overrides)
                 validate(cfg)
@@ -285,6 +298,7 @@ class GridsSweeperImpl(Sweeper):
                 results.append(self.launcher.launch(batch, initial_job_idx=first + start))
         except BaseException as exc:
             killed = isinstance(exc, KeyboardInterrupt)
+            close_orphans(uri, exp_id, parent.run_id)
             parent.close(
                 RunStatus.KILLED if killed else RunStatus.FAILED,
                 time.time() - t0,
@@ -294,6 +308,8 @@ class GridsSweeperImpl(Sweeper):
         finally:
             for f in self.sweep_dir().glob(".progress-*"):
                 f.unlink(missing_ok=True)
+        if close_orphans(uri, exp_id, parent.run_id):
+            log.warning("closed the runs that dead workers left RUNNING (marked KILLED)")
         flat = [r for batch in results for r in batch]
         for job, ret in zip(todo, flat, strict=True):
             if ret.status == JobStatus.FAILED:
@@ -447,6 +463,7 @@ class SweepCallback(Callback):
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
         uri = tracking_uri(config)
+        fail_fast_if_unreachable(uri)
         try:
             exp_id = ensure_experiment(uri, config.tracking.experiment)
         except StoreError as exc:  # Hydra would turn it into a warning and go on
@@ -476,3 +493,13 @@ class SweepCallback(Callback):
             f"[{config.sweep.name}] job {done}/{context.total} {result} | {timing(context, done)}",
             flush=True,
         )
+
+
+def fail_fast_if_unreachable(uri: str) -> None:
+    """A dead tracking server: one line and exit 1 before any job, instead of every job
+    retrying for minutes and the sweep turning each failure into a warning."""
+    try:
+        check_tracking_reachable(uri)
+    except TrackingUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -39,7 +39,15 @@ from sqlalchemy.engine import Engine
 from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, run_name, to_container
 from pipeline.procs import ProcessId, file_lock
-from pipeline.train import History, engine_of
+from pipeline.train import TRAIN_THREADS, History, engine_of
+from pipeline.views import (
+    EXPERIMENT_KIND_TAG,
+    TRAINING_KIND,
+    mark_training_experiment,
+    save_runs_view,
+    view_metrics,
+    view_params,
+)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 
@@ -159,9 +167,16 @@ def ensure_experiment(uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         exp_id = str(exp.experiment_id)
+        mark_training_experiment(client, exp)  # one made before the tag existed
     else:
         try:
-            exp_id = str(client.create_experiment(name, artifact_location=artifact_root(uri)))
+            exp_id = str(
+                client.create_experiment(
+                    name,
+                    artifact_location=artifact_root(uri),
+                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},  # the UI's training view
+                )
+            )
         except MlflowException:  # another process created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -235,7 +250,7 @@ def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
         # what makes a CPU run bit-reproducible: explicit generators seeded from `seed`,
         # deterministic kernels, and the same thread count (it can change reduction order)
         "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
-        "torch_num_threads": str(torch.get_num_threads()),
+        "torch_num_threads": str(TRAIN_THREADS),
         **ProcessId.current().tags(),  # liveness: host, pid, pid start time
         "mlflow.source.name": "pipeline",
         "mlflow.source.git.commit": git_state().commit,
@@ -254,7 +269,7 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
 
     out: list[Metric] = []
     for key, values in hist.epochs.items():
-        for epoch, value in enumerate(values):
+        for epoch, value in zip(hist.epoch_ids, values, strict=True):
             out += metric(key, value, epoch)
     for step, loss, norm in zip(hist.steps, hist.batch_loss, hist.grad_norm, strict=True):
         out += metric("batch_loss", loss, step)
@@ -265,9 +280,12 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
         "b_hat": hist.b_hat,
         "updates": float(hist.updates),
     }
-    finals.update({f"w_hat.{i}": v for i, v in enumerate(hist.w_hat)})
+    # no dots in metric names: the UI's search box reads `w_hat.0` as an invalid clause
+    finals.update({f"w_hat_{i}": v for i, v in enumerate(hist.w_hat)})
     if hist.diverged_at_step is not None:
         finals["diverged_at_step"] = float(hist.diverged_at_step)
+    if math.isfinite(hist.last_iterate_w_error):
+        finals["last_iterate_w_error"] = hist.last_iterate_w_error
     for key, value in finals.items():
         out += metric(key, value, 0)
     return out
@@ -390,6 +408,8 @@ class RunLogger:
 
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
         params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
+        params += view_params(self.cfg)
+        metrics = [*metrics, *view_metrics(self.cfg, int(time.time() * 1000))]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
         with tempfile.TemporaryDirectory() as tmp:
@@ -441,6 +461,7 @@ class ParentRun:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run_id, json.dumps(jobs, indent=1), "jobs.json")
+        save_runs_view(client, experiment_id, run_id)  # what views.runs_view_url opens
         return cls(uri, experiment_id, run_id)
 
     def log_summary(self, counts: dict[str, int], summary_csv: str) -> None:
@@ -474,6 +495,24 @@ def mark_stale_runs(uri: str, experiment_id: str) -> int:
         client.set_terminated(rid, "KILLED")
         stale += 1
     return stale
+
+
+def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Once the launcher has returned, no job of the sweep is running: a child still RUNNING
+    was left by a worker that died (a Ray worker killed mid-job, whose task Ray re-ran or
+    gave up). Mark it KILLED, wherever it ran (mark_stale_runs only sees this host)."""
+    from pipeline.queries import search_all
+
+    client = get_client(uri)
+    orphans = search_all(
+        uri,
+        experiment_id,
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in orphans:
+        client.set_tag(run.info.run_id, "error", "orphan: its worker died before it ended")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(orphans)
 
 
 # --- one sweep at a time ------------------------------------------------------------------------

@@ -29,14 +29,23 @@ from pipeline.config import (
     InitName,
     LossName,
     ModelName,
+    averaging_start,
     effective_lr,
+    lr_factor,
     planned_epochs,
+    planned_updates,
 )
 from pipeline.data import Generators, make_generators, ols, synthetic_data, with_bias_column
 from pipeline.losses import STACKABLE
 from pipeline.steps import EpochOrder, make_step
 
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
+MAX_POINTS = 200  # train.log_every=0 (auto): about this many points per logged curve
+# Training runs on one intra-op thread: the tensors are tiny (n x (d+1), K models), so a second
+# thread only adds synchronisation (measured 50x slower per op on a busy 2-core machine), and a
+# fixed count keeps reduction order, hence the bits, the same everywhere. Launchers parallelise
+# across processes instead.
+TRAIN_THREADS = 1
 
 
 @dataclass
@@ -54,6 +63,7 @@ class History:
     """Everything a job measured; plain Python numbers, ready to log."""
 
     epochs: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in EPOCH_METRICS})
+    epoch_ids: list[int] = field(default_factory=list)  # the epoch of each entry above
     steps: list[int] = field(default_factory=list)  # global update step of each entry below
     batch_loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
@@ -63,6 +73,7 @@ class History:
     b_hat: float = math.nan
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
+    last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
 
     @property
     def diverged(self) -> bool:
@@ -169,6 +180,16 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 
 def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list[History]:
+    """:func:`train_configs` on TRAIN_THREADS intra-op threads (the caller's count restored)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return train_configs(cfgs, on_epoch)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list[History]:
     """Train configs that share a schedule (one config, unless they are all stacked) with
     their resolved engine; one History per config, deterministic on the CPU.
 
@@ -188,7 +209,17 @@ def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list
     # each config draws its own initial weights from a fresh init stream
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
     step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
-    lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=p.X.dtype)
+    base_lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=p.X.dtype)
+    lr = base_lr.clone()
+    factors = [lr_factor(c) for c in cfgs]
+    scheduled = any(c.optim.schedule.value != "constant" for c in cfgs)
+    # iterate averaging: per model, the update after which its iterates are averaged
+    starts = [averaging_start(c) for c in cfgs]
+    averaged = torch.tensor([s is not None for s in starts])
+    avg_from = min((s for s in starts if s is not None), default=None)
+    avg = torch.zeros(K, d + 1, dtype=p.X.dtype)
+    counts = torch.zeros(K, 1, dtype=p.X.dtype)
+    start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=p.X.dtype)
     limit = torch.full((K,), math.inf, dtype=p.X.dtype)
     hists = [History() for _ in cfgs]
     alive = set(range(K))
@@ -199,34 +230,50 @@ def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list
         hists[k].diverged_at_step, updates[k] = at_step, taken
         frozen[k] = step.params()[k].clone()
         alive.discard(k)
-        lr[k], limit[k] = 0.0, math.inf
+        base_lr[k], lr[k], limit[k] = 0.0, 0.0, math.inf
+
+    def model_params() -> torch.Tensor:
+        """θ of the model each config returns: the averaged iterate once its averaging has
+        started, else the current one."""
+        theta = step.params()
+        if avg_from is None:
+            return theta
+        return torch.where(averaged[:, None] & (counts > 0), avg, theta)
 
     def record(epoch: int, t: int) -> None:
-        """Full-data metrics of the live models; a non-finite one ends that model."""
-        theta = step.params()
+        """Full-data metrics of the live models; a non-finite one ends that model. Kept every
+        ``epoch_every`` epochs and at the last one (all of them unless log_every is auto)."""
+        theta = model_params()
         r = A @ theta.T - y  # (n, K)
         columns = {
-            "train_loss": step.full_loss(p.X, p.y),
+            "train_loss": step.full_loss(p.X, p.y, theta),
             "mse": (r**2).mean(0),
             "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
             "b_error": (theta[:, d] - p.true_b).abs(),
         }
         table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
+        keep = epoch % epoch_every == 0 or epoch == epochs
         for k in sorted(alive):
             if not all(math.isfinite(v) for v in table[k]):
                 freeze(k, max(t, 1), t)
                 continue
-            for key, value in zip(EPOCH_METRICS, table[k], strict=True):
-                hists[k].epochs[key].append(value)
+            if keep:
+                hists[k].epoch_ids.append(epoch)
+                for key, value in zip(EPOCH_METRICS, table[k], strict=True):
+                    hists[k].epochs[key].append(value)
         if on_epoch is not None and 0 in alive:
             on_epoch(epoch, dict(zip(EPOCH_METRICS, table[0], strict=True)))
 
-    record(0, 0)
-    for k in alive:
-        limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
     # plain values: a DictConfig read per update would cost more than the update
     epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
     drop_last, log_every = bool(first.train.drop_last), int(first.train.log_every)
+    epoch_every = 1
+    if log_every == 0:  # auto: at most about MAX_POINTS points per curve
+        log_every = max(1, -(-planned_updates(first) // MAX_POINTS))
+        epoch_every = max(1, -(-epochs // MAX_POINTS))
+    record(0, 0)
+    for k in alive:
+        limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
     log_steps: list[int] = []
     log_loss: list[torch.Tensor] = []
     log_grad: list[torch.Tensor] = []  # norms taken once at the end
@@ -246,7 +293,15 @@ def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list
                         freeze(k, t, t - 1)
                 if not alive:
                     break
+            if scheduled:
+                lr = base_lr * torch.tensor([f(t - 1) for f in factors], dtype=lr.dtype)
             grad = step.update(lr)
+            if avg_from is not None and t > avg_from:
+                # running mean of the iterates after each model's own start
+                counts += t > start_at  # (K, 1): each model's count of averaged iterates
+                avg = torch.where(
+                    counts > 0, avg + (step.params() - avg) / counts.clamp(min=1), avg
+                )
             if t % log_every == 0:
                 log_steps.append(t)
                 log_loss.append(loss)
@@ -263,9 +318,11 @@ def train(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None) -> list
     w_ols, b_ols = ols(p.X, p.y)
     ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
     ols_b = abs(p.true_b - float(b_ols))
-    theta = step.params()
+    theta, last = model_params(), step.params()
     for k, h in enumerate(hists):
         final = frozen.get(k, theta[k])
+        if starts[k] is not None and k not in frozen:
+            h.last_iterate_w_error = float(torch.linalg.vector_norm(last[k, :d] - p.true_w))
         if k not in frozen:
             updates[k] = t
         # a model logs the steps it took: those before the one where it diverged

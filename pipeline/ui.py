@@ -1,25 +1,45 @@
 """``python -m pipeline.ui [--port 5000]``: the MLflow UI on this project's store.
 
-Prints the URL and the latest sweep's parent run, then runs ``mlflow ui`` bound to 127.0.0.1
-until Ctrl-C, which stops it cleanly.
+Prints the URL and the latest sweep's training runs view, then runs ``mlflow ui`` bound to
+127.0.0.1 until Ctrl-C or SIGTERM, either of which stops its whole process tree (uvicorn, its
+workers, MLflow's huey job consumers) and frees the port. With an http(s) tracking URI (the
+team server of ``make server``) the server already serves the UI: only the URLs are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
+from types import FrameType
 
 from pipeline.queries import latest_sweep
-from pipeline.tracking import StoreError, tracking_uri
+from pipeline.server import (
+    TrackingUnreachable,
+    check_tracking_reachable,
+    group_alive,
+    port_in_use,
+    stop_group,
+)
+from pipeline.tracking import StoreError, ensure_experiment, get_client, tracking_uri
+from pipeline.views import runs_view_url, save_runs_view
 
 
 def latest_sweep_url(uri: str, base: str) -> str | None:
+    """The training runs view of the newest sweep (its view saved now, for sweeps that
+    predate it); the experiment is tagged as a training experiment on the way."""
     parent = latest_sweep(uri)
     if parent is None:
         return None
-    return f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    exp_id = ensure_experiment(uri, "linreg")
+    save_runs_view(get_client(uri), exp_id, parent.info.run_id)
+    return runs_view_url(base, exp_id, parent.info.run_id)
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            check_tracking_reachable(uri)
+        except TrackingUnreachable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"MLflow UI: {uri}  (the tracking server)")
+        latest = latest_sweep_url(uri, uri)
+        print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`")
+        return 0
+    if port_in_use(args.port):
+        print(f"error: port {args.port} on 127.0.0.1 is in use: make ui PORT=...", file=sys.stderr)
+        return 1
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {base}  (store: {uri})")
     try:
@@ -34,32 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`")
+    print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`", flush=True)
     cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
+        *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
+        *("--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"),
     ]
-    proc = subprocess.Popen(cmd)
+    # The server runs in its own session: Ctrl-C in the terminal reaches only us, and we stop
+    # its whole process group, grandchildren included (a plain SIGINT/SIGTERM to the child
+    # left uvicorn and the huey consumers running, with the port bound).
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # MLflow's job runner (7 huey consumers, each importing MLflow: ~15 s of CPU on two cores)
+    # serves GenAI features that training runs never use; the variable set to true restores it.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        print("MLflow UI stopped")
         return 0
+    finally:
+        # ignore a second Ctrl-C/SIGTERM while stopping, so the stop is never cut short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if group_alive(proc.pid):
+            stop_group(proc.pid)
+        proc.wait()
+        print("MLflow UI stopped", flush=True)
 
 
 if __name__ == "__main__":

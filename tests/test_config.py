@@ -110,10 +110,8 @@ def test_cli_bad_value_prints_one_line_and_creates_nothing(
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == [
-        "error: optim.lrr: unknown config key; allowed keys in optim: lr, lr_scaling, "
-        "reference_batch_size"
-    ]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: optim.lrr: unknown config key; allowed keys in optim: lr, ")
     assert_no_runs(client)
 
 

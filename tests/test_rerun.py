@@ -18,6 +18,7 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.job import run_job
 from pipeline.tracking import VERSION_TAGS, git_state
 from pipeline.ui import latest_sweep_url
+from pipeline.views import runs_view_url
 from tests.conftest import compose_cfg
 from tests.test_sweep import run_app
 
@@ -166,7 +167,9 @@ def test_default_launcher_sweep_then_rerun_is_all_identical(
     parent = only(client, "tags.sweep_parent = 'true'")[0]
     engines = {r.data.tags["engine"] for r in only(client, "tags.sweep = 'smoke'")}
     assert engines == {"stacked"}
-    assert latest_sweep_url(client.tracking_uri, "http://h").endswith(parent.info.run_id)
+    assert latest_sweep_url(client.tracking_uri, "http://h") == runs_view_url(
+        "http://h", parent.info.experiment_id, parent.info.run_id
+    )
     capsys.readouterr()
     assert rerun_module.main(["--sweep", "latest"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

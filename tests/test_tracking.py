@@ -16,11 +16,14 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, to_container
 from pipeline.job import run_job
 from pipeline.tracking import git_state
+from pipeline.views import CONFIG_METRICS
 from tests.conftest import compose_cfg
 
 EPOCH = {"train_loss", "mse", "w_error", "b_error"}
 STEP = {"batch_loss", "grad_norm"}
-FINAL = {"ols_w_error", "ols_b_error", "w_hat.0", "w_hat.1", "b_hat", "updates", "train_time_s"}
+FINAL = {"ols_w_error", "ols_b_error", "w_hat_0", "w_hat_1", "b_hat", "updates", "train_time_s"}
+# config values also logged as metrics, so the UI sorts and filters them as numbers
+CONFIG = set(CONFIG_METRICS)
 
 
 def only_run(client: mlflow.MlflowClient) -> Run:
@@ -42,8 +45,10 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "linear-mse-lr0.03-bs10-log_every2-s0"
-    # params: every leaf of the resolved config, with dots
-    assert run.data.params == {k: str(v) for k, v in flatten(to_container(cfg)).items()}
+    # params: every leaf of the resolved config, with dots, and the short choice names
+    leaves = {k: str(v) for k, v in flatten(to_container(cfg)).items()}
+    short = {"model": "linear", "loss": "mse", "reduction": "mean", "init": "normal"}
+    assert run.data.params == leaves | short
     for key in (
         "optim.lr",
         "train.batch_size",
@@ -56,7 +61,8 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
         assert key in run.data.params
     assert run.data.params["model.name"] == "linear" and run.data.params["optim.lr"] == "0.03"
     # metrics
-    assert set(run.data.metrics) == EPOCH | STEP | FINAL
+    assert set(run.data.metrics) == EPOCH | STEP | FINAL | CONFIG
+    assert run.data.metrics["lr"] == 0.03 and run.data.metrics["batch_size"] == 10.0
     for key in EPOCH:
         assert [s for s, _ in history(client, rid, key)] == [0, 1, 2, 3]
     for key in STEP:
@@ -64,7 +70,7 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert history(client, rid, "mse")[-1][1] == result
     assert result < 2e-4 and run.data.metrics["w_error"] < 5e-3
     assert run.data.metrics["ols_w_error"] < 5e-3
-    w_hat = (run.data.metrics["w_hat.0"], run.data.metrics["w_hat.1"])
+    w_hat = (run.data.metrics["w_hat_0"], run.data.metrics["w_hat_1"])
     assert math.hypot(w_hat[0] - 2.0, w_hat[1] + 3.4) == pytest.approx(
         run.data.metrics["w_error"], rel=1e-9
     )
@@ -119,7 +125,7 @@ def test_run_names_are_distinct_across_keys() -> None:
 
 
 def test_divergence_is_tagged_and_logs_no_inf(client: mlflow.MlflowClient) -> None:
-    assert run_job(compose_cfg("optim.lr=5")) == math.inf
+    assert run_job(compose_cfg("optim.lr=5", "train.log_every=1")) == math.inf
     run = only_run(client)
     assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
     at = run.data.metrics["diverged_at_step"]

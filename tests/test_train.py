@@ -125,6 +125,24 @@ def test_same_seed_same_result_different_seed_different_data() -> None:
     assert a.epochs["mse"] != c.epochs["mse"]
 
 
+def test_log_every_auto_caps_every_curve() -> None:
+    # 0 = auto: B=1 for 5 epochs is 5000 updates -> every 25th; 1000 epochs -> every 5th
+    h = train_one(compose_cfg("train.batch_size=1", "train.epochs=5"))
+    assert h.steps == list(range(25, 5001, 25)) and len(h.epochs["mse"]) == 6
+    long = train_one(compose_cfg("train.batch_size=1000", "train.epochs=1000", "optim.lr=0.5"))
+    assert long.epoch_ids == list(range(0, 1001, 5)) and len(long.steps) == 200
+
+
+def test_nominal_reduction_shortens_the_partial_batch_step() -> None:
+    # d2l 3.2's sgd divides a batch's summed loss by the nominal B: the 100-sample last batch of
+    # n=1000, B=300 counts a third; mean divides by its real length
+    common = ("train.batch_size=300", "optim.lr=0.01", "train.log_every=1")
+    nominal = train_one(compose_cfg("loss.reduction=nominal", *common))
+    mean = train_one(compose_cfg(*common))
+    assert nominal.batch_loss[:3] == pytest.approx(mean.batch_loss[:3], rel=1e-12)
+    assert nominal.batch_loss[3] == pytest.approx(mean.batch_loss[3] / 3, rel=1e-12)
+
+
 def test_log_every_thins_the_step_metrics() -> None:
     h = train_one(compose_cfg("train.log_every=7"))
     assert h.steps == list(range(7, 301, 7))

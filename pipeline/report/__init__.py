@@ -11,10 +11,15 @@ markdown is printed.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 from pipeline import queries
 from pipeline.config import register_configs
@@ -78,6 +83,26 @@ def build_sections(data: SweepData, folder: Path) -> list[Section]:
     return sections
 
 
+def answers_of(sections: list[Section]) -> dict[str, Any]:
+    """The machine-readable answers: each section's numbers under its key, and the child runs
+    each section used under "runs" (non-finite numbers become null: JSON has no inf/nan)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        if isinstance(x, float | np.floating):
+            return float(x) if math.isfinite(x) else None
+        if isinstance(x, np.integer | np.bool_):
+            return x.item()
+        return x
+
+    out: dict[str, Any] = {s.key: clean(s.answers) for s in sections if not s.missing}
+    out["runs"] = {s.key: s.run_ids for s in sections if not s.missing}
+    return out
+
+
 def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, list[Section]]:
     """Write the report for a sweep into ``out`` and log it to the sweep's parent run."""
     register_configs()
@@ -90,6 +115,7 @@ def build_report(sweep: str = "latest", out: Path | None = None) -> tuple[str, l
         sections = build_sections(data, folder)
         markdown = to_markdown(parent, sections)
         (folder / "report.md").write_text(markdown)
+        (folder / "answers.json").write_text(json.dumps(answers_of(sections), indent=1))
         (folder / "report.html").write_text(to_html(parent, sections))
         get_client(uri).log_artifacts(parent.info.run_id, str(folder), "report")
     return markdown, sections

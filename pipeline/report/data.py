@@ -28,10 +28,18 @@ class Section:
     question: str
     preset: str  # the preset whose runs it needs
     table: pd.DataFrame | None = None
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     answer: str = ""
     figure: str | None = None  # PNG file name in the output folder
     numbers: dict[str, float] = field(default_factory=dict)  # the figures quoted in the answer
+    answers: dict[str, Any] = field(default_factory=dict)  # its part of answers.json
+    run_ids: list[str] = field(default_factory=list)  # the child runs it used
     missing: bool = False
+
+    def use(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Record the runs of ``rows`` as evidence of this section (answers.json "runs")."""
+        self.run_ids = sorted(set(self.run_ids) | set(rows["run_id"]))
+        return rows
 
 
 # the params a section selects runs by, as typed columns
@@ -52,6 +60,9 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "seed": ("params.seed", int),
     "noise": ("params.data.noise", float),
     "outliers": ("params.data.outliers.fraction", float),
+    "schedule": ("params.optim.schedule", str),
+    "averaging": ("params.optim.averaging", str),
+    "drop_last_param": ("params.train.drop_last", str),
 }
 
 
@@ -88,6 +99,7 @@ class SweepData:
             ols_w_error=df.get("metrics.ols_w_error"),
             diverged_at=df.get("metrics.diverged_at_step"),
             train_time_s=df.get("metrics.train_time_s"),
+            d=df["params.data.true_w"].map(lambda w: len(str(w).split(","))),
         )
 
     def select(self, **equal: Any) -> pd.DataFrame:
@@ -107,7 +119,11 @@ class SweepData:
         return rows
 
     def history(self, run_id: str, key: str) -> list[float]:
-        return [v for _, v in queries.metric_history(self.uri, run_id, key)]
+        return [v for _, v in self.steps(run_id, key)]
+
+    def steps(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of a metric: the epoch (or update) index of each value."""
+        return queries.metric_history(self.uri, run_id, key)
 
     def config(self, run_id: str) -> DictConfig:
         return queries.load_run_config(self.uri, run_id)

@@ -14,6 +14,10 @@ def hint(s: Section) -> str:
     return f"No runs for this question in this sweep: run `make sweep SWEEP={s.preset}`."
 
 
+def tables_of(s: Section) -> list[tuple[str, pd.DataFrame]]:
+    return ([("", s.table)] if s.table is not None else []) + s.tables
+
+
 def to_markdown(parent: Run, sections: list[Section]) -> str:
     lines = [f"# FAQ report: sweep `{parent.info.run_name}` ({parent.info.run_id})", ""]
     for i, s in enumerate(sections, 1):
@@ -21,9 +25,10 @@ def to_markdown(parent: Run, sections: list[Section]) -> str:
         if s.missing:
             lines += [hint(s), ""]
             continue
-        if s.table is not None:
-            flat = isinstance(s.table.index, pd.RangeIndex) or s.table.index.name is None
-            lines += [s.table.to_markdown(floatfmt=".3g", index=not flat), ""]
+        for caption, table in tables_of(s):
+            flat = isinstance(table.index, pd.RangeIndex) or table.index.name is None
+            lines += [f"*{caption}*", ""] if caption else []
+            lines += [table.to_markdown(floatfmt=".3g", index=not flat), ""]
         if s.figure:
             lines += [f"![{s.title}]({s.figure})", ""]
         lines += [f"**Answer.** {s.answer}", ""]
@@ -40,9 +45,11 @@ def to_html(parent: Run, sections: list[Section]) -> str:
         if s.missing:
             body.append(f"<p>{html.escape(hint(s))}</p>")
             continue
-        if s.table is not None:
-            flat = isinstance(s.table.index, pd.RangeIndex) or s.table.index.name is None
-            body.append(s.table.to_html(float_format=lambda x: f"{x:.3g}", index=not flat))
+        for caption, table in tables_of(s):
+            flat = isinstance(table.index, pd.RangeIndex) or table.index.name is None
+            if caption:
+                body.append(f"<p><em>{html.escape(caption)}</em></p>")
+            body.append(table.to_html(float_format=lambda x: f"{x:.3g}", index=not flat))
         if s.figure:
             body.append(f'<img src="{s.figure}" alt="{html.escape(s.title)}">')
         body.append(f"<p><strong>Answer.</strong> {html.escape(s.answer)}</p>")
