@@ -173,11 +173,12 @@ _watchdog: threading.Thread | None = None
 
 
 def watch_owner(owner: ProcessId, poll: float = 0.5, grace: float = 3.0) -> None:
-    """In a worker process: when ``owner`` (the sweep's main process) is gone, SIGTERM this
-    process (its open run closes KILLED), and exit hard ``grace`` seconds later. Started once
-    per process; does nothing in the owner itself."""
+    """In a worker process that ``owner`` (the sweep's main process) started (joblib's loky
+    workers): when the owner is gone, SIGTERM this process (its open run closes KILLED), and
+    exit hard ``grace`` seconds later. Started once per process; does nothing in the owner
+    itself, nor in processes it did not start (Ray workers outlive drivers by design)."""
     global _watchdog
-    if _watchdog is not None or owner.pid == os.getpid():
+    if _watchdog is not None or owner.pid == os.getpid() or owner.pid != os.getppid():
         return
 
     def watch() -> None:
