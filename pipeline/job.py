@@ -8,41 +8,21 @@ its own run with the same contract).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from types import FrameType
+from collections.abc import Sequence
 
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
+from pipeline.procs import signals_as_interrupt
 from pipeline.tracking import RunLogger, SweepContext
 from pipeline.train import History, resolve_engine, train
 
 log = logging.getLogger("pipeline")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, CI timeouts) ends the run KILLED like Ctrl-C instead of leaving it RUNNING."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def print_epoch(epoch: int, m: dict[str, float]) -> None:
@@ -75,7 +55,7 @@ def run_job(
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
     prepare(cfg, stacking=False)
     context = SweepContext.from_env()  # a sweep prints one progress line per job instead
-    with sigterm_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
+    with signals_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
         if context is None:
             log.info(f"mlflow run {run.run_id} ({run.uri})")
         (hist,), seconds = timed_train([cfg], verbose=context is None)
@@ -102,12 +82,12 @@ def run_group(
     a rerun can train the same group again and get the same bits."""
     returns = [JobReturn(overrides=list(o), cfg=c) for c, o in zip(cfgs, overrides, strict=True)]
     stack = {"stack_size": str(len(cfgs)), "stack_id": uuid.uuid4().hex, **(tags or {})}
-    try:
-        hists, seconds = timed_train(cfgs, verbose=False)
-        failure: Exception | None = None
-    except Exception as exc:  # the group's one computation failed: every job of it failed
-        failure = exc
-    with sigterm_as_interrupt():
+    with signals_as_interrupt():  # SIGTERM: the open run closes KILLED
+        try:
+            hists, seconds = timed_train(cfgs, verbose=False)
+            failure: Exception | None = None
+        except Exception as exc:  # the group's one computation failed: every job of it failed
+            failure = exc
         for k, (cfg, ret) in enumerate(zip(cfgs, returns, strict=True)):
             if only is not None and k != only:
                 continue
@@ -117,17 +97,6 @@ def run_group(
                         raise failure
                     run.finish(hists[k], train_time_s=seconds)
                 ret.return_value, ret.status = hists[k].final_mse, JobStatus.COMPLETED
-            except Exception as exc:
-                ret.return_value, ret.status = exc, JobStatus.FAILED
-    return returns if only is None else [returns[only]]
-    with sigterm_as_interrupt():
-        for k, (cfg, ret, hist) in enumerate(zip(cfgs, returns, hists, strict=True)):
-            if only is not None and k != only:
-                continue
-            try:
-                with RunLogger(cfg, list(ret.overrides or []), stack, context) as run:
-                    run.finish(hist, train_time_s=seconds)
-                ret.return_value, ret.status = hist.final_mse, JobStatus.COMPLETED
             except Exception as exc:
                 ret.return_value, ret.status = exc, JobStatus.FAILED
     return returns if only is None else [returns[only]]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -25,15 +24,12 @@ from omegaconf import DictConfig
 
 from pipeline.config import register_configs
 from pipeline.job import prepare, run_group
-from pipeline.sweep import JobComposer, sweep_context
+from pipeline.procs import signals_as_interrupt
+from pipeline.sweep import JobComposer, count_progress, sweep_context, timing
+from pipeline.tracking import SweepContext
 from pipeline.train import group_by_schedule
 
 log = logging.getLogger("pipeline.launcher")
-
-
-@dataclass
-class StackedLauncherConf:
-    _target_: str = "hydra_plugins.linreg_sweep.StackedLauncher"
 
 
 class StackedLauncherImpl(Launcher):
@@ -63,19 +59,21 @@ class StackedLauncherImpl(Launcher):
         groups = group_by_schedule(cfgs)
         log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} groups")
         returns: list[JobReturn | None] = [None] * len(cfgs)
+        local = context or SweepContext("", len(cfgs), t0)
         done = 0
-        total = context.total if context else len(cfgs)
-        for g, idx in enumerate(groups, 1):
-            group = run_group([cfgs[i] for i in idx], [overrides[i] for i in idx], context)
-            for i, ret in zip(idx, group, strict=True):
-                returns[i] = ret
-            done += len(idx)
-            elapsed = time.time() - (context.started if context else t0)
-            print(
-                f"[{self.config.sweep.name}] group {g}/{len(groups)}: {len(idx)} jobs | done "
-                f"{initial_job_idx + done}/{total} | elapsed {elapsed:.1f}s | ETA "
-                f"{(time.time() - t0) / done * (len(cfgs) - done):.0f}s",
-                flush=True,
-            )
+        with signals_as_interrupt():  # SIGTERM: the open run closes KILLED, then the parent
+            for g, idx in enumerate(groups, 1):
+                group = run_group([cfgs[i] for i in idx], [overrides[i] for i in idx], context)
+                for i, ret in zip(idx, group, strict=True):
+                    returns[i] = ret
+                if context is not None:
+                    done = count_progress(self.config.hydra.sweep.dir, context, len(idx))
+                else:
+                    done += len(idx)
+                print(
+                    f"[{self.config.sweep.name}] group {g}/{len(groups)}: {len(idx)} jobs | "
+                    f"done {done}/{local.total} | {timing(local, done)}",
+                    flush=True,
+                )
         assert all(r is not None for r in returns)
         return returns  # type: ignore[return-value]

@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -90,18 +89,6 @@ class RayInitCallback(Callback):
         target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if target.endswith(RAY_LAUNCHERS):
             init_ray(config)
-
-
-@dataclass
-class RayStackedLauncherConf:
-    _target_: str = "hydra_plugins.linreg_sweep.RayStackedLauncher"
-    # Ray re-runs a task whose worker died this many times; 0 = its jobs are reported FAILED
-    max_retries: int = 3
-    # CPUs reserved per task (a group is one process; torch in it uses this many threads)
-    num_cpus: float = 1.0
-    # split each stacked group into tasks of at most this many configs (null = whole groups,
-    # bit-identical to the stacked launcher; a split group may differ in the last bits)
-    group_size: int | None = None
 
 
 def finished_children(cfgs: list[DictConfig], context: SweepContext | None) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pipeline import queries
 from pipeline.config import register_configs
 from pipeline.identity import config_hash
 from pipeline.job import prepare, run_group, run_job
-from pipeline.tracking import VERSION_TAGS, tracking_uri, version_tags
+from pipeline.tracking import VERSION_TAGS, StoreError, tracking_uri, version_tags
 
 
 class RerunError(Exception):
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{child.info.run_id} {child.info.run_name} -> {new.info.run_id}: {verdict}")
         print(f"{len(children) - mismatched}/{len(children)} runs identical")
         return 1 if mismatched else 0
-    except RerunError as exc:
+    except (RerunError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,13 +11,14 @@ it. The summary is read back from MLflow, not from the launcher's memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +36,21 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import queries
 from pipeline.config import ConfigError, validate
 from pipeline.identity import config_hash
+from pipeline.procs import ProcessId, file_lock, signals_as_interrupt, watch_owner
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
 from pipeline.tracking import (
     ParentRun,
+    StoreError,
     SweepContext,
     close_orphans,
     ensure_experiment,
     mark_stale_runs,
+    sweep_lock,
     tracking_uri,
 )
 from pipeline.train import resolve_engine
 
 log = logging.getLogger("pipeline.sweep")
-
-
-@dataclass
-class GridsSweeperConf:
-    _target_: str = "hydra_plugins.linreg_sweep.GridsSweeper"
-    # grid name -> {config key: comma-separated values, or one ${...} derived value};
-    # the sweep is the union of the grids' cartesian products
-    grids: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # jobs handed to the launcher at once; null = all of them
-    max_batch_size: int | None = None
-    # every grid that does not set `seed` itself runs seeds 0..seeds-1 (null: the config's seed)
-    seeds: int | None = None
 
 
 @dataclass
@@ -238,14 +230,20 @@ class GridsSweeperImpl(Sweeper):
 
     # -- running
 
+    def sweep_dir(self) -> Path:
+        assert self.config is not None
+        return Path(self.config.hydra.sweep.dir)
+
     def save_multirun_yaml(self) -> None:
         """The sweep dir and its ``multirun.yaml``, as Hydra's basic sweeper writes them."""
         assert self.config is not None
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.sweep_dir().mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir() / "multirun.yaml")
 
-    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        """Plan, wait for an identical sweep if one runs, launch what is not cached, summarize.
+        Returns one list of JobReturns per batch, as Hydra's basic sweeper does. SIGTERM or
+        Ctrl-C close the parent run KILLED (the launchers close their open runs)."""
         assert self.config is not None and self.launcher is not None
         t0 = time.time()
         jobs = self.plan(list(arguments))
@@ -253,40 +251,82 @@ class GridsSweeperImpl(Sweeper):
         cfg = self.config
         uri = tracking_uri(cfg)
         exp_id = ensure_experiment(uri, cfg.tracking.experiment)
-        finished = {} if cfg.sweep.force else queries.finished_by_hash(uri, exp_id)
+
+        since = [t0]  # what this sweep may count as done even under sweep.force
+
+        def waiting(holder: str) -> None:
+            who, _, when = holder.partition(" ")
+            with contextlib.suppress(ValueError):
+                since[0] = min(since[0], float(when))  # what it trains counts as ours
+            print(
+                f"another sweep of the same jobs is running on this store ({who}); "
+                "waiting for it to finish, then only what it left is run",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        with signals_as_interrupt(), sweep_lock(uri, exp_id, sweep_hash_of(jobs), waiting):
+            return self.run_locked(uri, exp_id, jobs, arguments, t0, since[0])
+
+    def run_locked(
+        self,
+        uri: str,
+        exp_id: str,
+        jobs: list[Job],
+        arguments: list[str],
+        t0: float,
+        since: float,
+    ) -> list[Sequence[JobReturn]]:
+        """The sweep, holding its lock. ``since``: with ``sweep.force``, runs started since
+        then (by this sweep, or by the identical one it waited for) are not retrained."""
+        assert self.config is not None and self.launcher is not None
+        cfg = self.config
+        finished = queries.finished_by_hash(uri, exp_id)
+        if cfg.sweep.force:  # retrain, except what an identical sweep we waited for just did
+            finished = {h: r for h, r in finished.items() if r.info.start_time >= since * 1000}
         unique: dict[str, Job] = {}
         for job in jobs:
             run = finished.get(job.config_hash)
             job.cached_run = run.info.run_id if run else None
             unique.setdefault(job.config_hash, job)
         todo = [j for j in unique.values() if j.cached_run is None]
-        parent = open_parent(uri, exp_id, cfg, jobs, arguments)
+        parent = open_parent(uri, exp_id, cfg, jobs, arguments, started=since)
         log.info(
             f"sweep '{cfg.sweep.name}': {len(unique)} jobs ({len(jobs)} grid cells), "
             f"{len(unique) - len(todo)} cached, {len(todo)} to run; parent run "
             f"{parent.run_id}"
         )
-        extra = SweepContext(parent.run_id, len(todo), t0).hydra_overrides()
-        results: list[JobReturn] = []
+        owner = str(ProcessId.current())
+        extra = SweepContext(parent.run_id, len(todo), t0, owner).hydra_overrides()
+        # an extended sweep in a fixed hydra.sweep.dir continues the job numbering, so the
+        # job dirs of earlier runs are not overwritten
+        first = next_job_num(self.sweep_dir())
+        results: list[Sequence[JobReturn]] = []
         try:
             size = self.max_batch_size or max(len(todo), 1)
             for start in range(0, len(todo), size):
                 batch = [j.overrides + extra for j in todo[start : start + size]]
-                results += self.launcher.launch(batch, initial_job_idx=start)
+                results.append(self.launcher.launch(batch, initial_job_idx=first + start))
         except BaseException as exc:
+            killed = isinstance(exc, KeyboardInterrupt)
             close_orphans(uri, exp_id, parent.run_id)
             parent.close(
-                RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
+                RunStatus.KILLED if killed else RunStatus.FAILED,
                 time.time() - t0,
-                error=repr(exc),
+                error="interrupted" if killed else repr(exc),
             )
             raise
+        finally:
+            for f in self.sweep_dir().glob(".progress-*"):
+                f.unlink(missing_ok=True)
         if close_orphans(uri, exp_id, parent.run_id):
             log.warning("closed the runs that dead workers left RUNNING (marked KILLED)")
-        for job, ret in zip(todo, results, strict=True):
+        flat = [r for batch in results for r in batch]
+        for job, ret in zip(todo, flat, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
         summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0)
+        summary.drop(columns=["run_id"]).to_csv(self.sweep_dir() / "summary.csv", index=False)
         failed = (summary["status"][~summary["cached"]] == "failed").any()
         if cfg.sweep.report and not failed:
             from pipeline.report import build_report  # matplotlib & co only when asked
@@ -298,18 +338,34 @@ class GridsSweeperImpl(Sweeper):
         return results
 
 
+def next_job_num(sweep_dir: Path) -> int:
+    """One past the highest numbered job dir already in the sweep dir (0 if none)."""
+    nums = [int(p.name) for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(nums, default=-1) + 1
+
+
+def sweep_hash_of(jobs: list[Job]) -> str:
+    """What identifies a sweep: the hash of its set of config hashes."""
+    hashes = sorted({j.config_hash for j in jobs})
+    return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+
+
 def open_parent(
-    uri: str, exp_id: str, cfg: DictConfig, jobs: list[Job], arguments: list[str]
+    uri: str,
+    exp_id: str,
+    cfg: DictConfig,
+    jobs: list[Job],
+    arguments: list[str],
+    started: float = 0.0,
 ) -> ParentRun:
     """The sweep's parent run: the one of an earlier run of the same set of jobs (resume), or
-    a new one."""
+    a new one. With ``sweep.force`` only a parent created since this sweep ``started`` (by an
+    identical sweep it waited for) is reused."""
     hashes = sorted({j.config_hash for j in jobs})
-    sweep_hash = hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
-    previous = (
-        []
-        if cfg.sweep.force
-        else queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
-    )
+    sweep_hash = sweep_hash_of(jobs)
+    previous = queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
+    if cfg.sweep.force:
+        previous = [r for r in previous if r.info.start_time >= started * 1000]
     reuse = max(previous, key=lambda r: r.info.start_time).info.run_id if previous else None
     return ParentRun.open(
         uri,
@@ -352,12 +408,14 @@ def summarize(
     counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
     n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
     n["cached"] = int(df["cached"].sum())
+    cached_diverged = int((df["cached"] & (df["status"] == "diverged")).sum())
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(df.drop(columns=["run_id"]).to_string(index=False))
     print(
         f"sweep: {len(df)} jobs: {n['finished']} finished, {n['diverged']} diverged, "
-        f"{n['failed']} failed, {n['cached']} cached in {wall:.1f}s; "
-        f"parent run {parent.run_id}"
+        f"{n['failed']} failed, {n['cached']} cached"
+        + (f" ({cached_diverged} of them diverged)" if cached_diverged else "")
+        + f" in {wall:.1f}s; parent run {parent.run_id}"
     )
     parent.log_summary(n, df.to_csv(index=False))
     parent.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
@@ -396,33 +454,60 @@ def sweep_context(job_overrides: Sequence[Sequence[str]]) -> SweepContext | None
 # --- the callback -----------------------------------------------------------------------------
 
 
+def count_progress(sweep_dir: str | Path, context: SweepContext, n: int = 1) -> int:
+    """Jobs done so far in this sweep, after adding ``n``: a counter file in the sweep dir,
+    under a lock, so that the progress lines of parallel workers count up in order."""
+    path = Path(sweep_dir) / f".progress-{context.started}"
+    with file_lock(path.with_suffix(".lock")):
+        done = (int(path.read_text() or 0) if path.exists() else 0) + n
+        path.write_text(str(done))
+    return done
+
+
+def timing(context: SweepContext, done: int) -> str:
+    """``elapsed …s | ETA …s`` of a progress line."""
+    elapsed = time.time() - context.started
+    eta = elapsed / max(done, 1) * (context.total - done)
+    return f"elapsed {elapsed:.1f}s | ETA {eta:.0f}s"
+
+
 class SweepCallback(Callback):
     """Hydra callback of every sweep: prepares the store before any worker starts, closes
-    stale runs, and prints one progress line per job (readable in CI logs)."""
+    stale runs, ends a worker process whose sweep is gone, and prints one progress line per
+    job (readable in CI logs)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
         uri = tracking_uri(config)
         fail_fast_if_unreachable(uri)
-        exp_id = ensure_experiment(uri, config.tracking.experiment)
+        try:
+            exp_id = ensure_experiment(uri, config.tracking.experiment)
+        except StoreError as exc:  # Hydra would turn it into a warning and go on
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         stale = mark_stale_runs(uri, exp_id)
         if stale:
             log.warning(f"marked {stale} stale RUNNING run(s) KILLED (their process is gone)")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # runs in whichever process runs the job: a joblib worker watches the sweep's main
+        # process and ends itself (its open run closed KILLED) when that process is gone
+        context = SweepContext.from_env(config.hydra.job.env_set)
+        owner = ProcessId.parse(context.owner) if context and context.owner else None
+        if owner is not None:
+            watch_owner(owner)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         context = SweepContext.from_env(config.hydra.job.env_set)
         if context is None:
             return
-        done = config.hydra.job.num + 1
-        elapsed = time.time() - context.started
-        eta = elapsed / done * (context.total - done)
+        done = count_progress(config.hydra.sweep.dir, context)
         ok = job_return.status == JobStatus.COMPLETED
         value = job_return._return_value
         result = f"mse {value:.3g}" if ok and isinstance(value, float) else "FAILED"
         print(
-            f"[{config.sweep.name}] job {done}/{context.total} {result} | elapsed "
-            f"{elapsed:.1f}s | ETA {eta:.0f}s",
+            f"[{config.sweep.name}] job {done}/{context.total} {result} | {timing(context, done)}",
             flush=True,
         )
 

@@ -9,17 +9,17 @@ run ids, no global active-run state, so jobs in other processes can nest runs by
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import platform
-import socket
 import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, run_name, to_container
+from pipeline.procs import ProcessId, file_lock
 from pipeline.train import TRAIN_THREADS, History, engine_of
 from pipeline.views import (
     EXPERIMENT_KIND_TAG,
@@ -79,12 +80,80 @@ def _sqlite_settings(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.execute("PRAGMA synchronous = NORMAL")
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be used (malformed URI, corrupted database, ...): one line
+    naming the store and what to do."""
+
+
+# URI schemes of MLflow tracking stores this pipeline accepts (the file store is deprecated
+# by MLflow 3; a scheme-less path would silently become one)
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+HINT = "set tracking.uri or $MLFLOW_TRACKING_URI to sqlite:///<dir>/mlflow.db or http://host:port"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def store_lock_path(uri: str, name: str) -> Path | None:
+    """A lock file next to a SQLite database (None for other stores)."""
+    db = sqlite_path(uri)
+    return None if db is None else db.with_name(f"{db.name}.{name}.lock")
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_sqlite_file(db: Path) -> None:
+    """An existing database file must be SQLite (MLflow would retry a corrupted one for
+    minutes before failing with a traceback)."""
+    # Only through SQLite itself: closing a plain file descriptor of the database would drop
+    # the POSIX locks that this process's open SQLite connections hold on it.
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    if db.is_dir():
+        raise StoreError(f"tracking store {db} is a directory: {HINT}")
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        what = "is not a SQLite database" if "not a database" in str(exc) else "is corrupted"
+        raise StoreError(f"tracking store {db} {what} ({exc}): move it away, or {HINT}") from None
+
+
 @functools.cache
 def get_client(uri: str) -> mlflow.MlflowClient:
-    """One client per store and process (creating one costs ~20 ms)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    """One client per store and process (creating one costs ~20 ms). A SQLite store is
+    created and migrated here, under a file lock next to it, before anything else touches it
+    (parallel first-time migrations race: ``duplicate column name``). Raises
+    :class:`StoreError` (one line) for a store that cannot be used."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme not in SCHEMES or (scheme == "sqlite" and sqlite_path(uri) is None):
+        raise StoreError(f"tracking URI {uri!r} is not a supported store: {HINT}")
+    db = sqlite_path(uri)
+    if db is None:
+        return mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise StoreError(f"tracking URI {uri!r}: cannot create {db.parent}: {why}") from None
+    check_sqlite_file(db)
+    lock = store_lock_path(uri, "schema")
+    assert lock is not None
+    try:
+        with file_lock(lock):
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates and migrates the schema
+    except Exception as exc:
+        raise StoreError(
+            f"tracking store {db} cannot be opened ({first_line(exc)}): is it an MLflow SQLite "
+            f"database? Move it away, or {HINT}"
+        ) from exc
+    return client
 
 
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (uri, name) -> id: one lookup per process
@@ -182,8 +251,7 @@ def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
         # deterministic kernels, and the same thread count (it can change reduction order)
         "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
         "torch_num_threads": str(TRAIN_THREADS),
-        "host": socket.gethostname(),
-        "pid": str(os.getpid()),
+        **ProcessId.current().tags(),  # liveness: host, pid, pid start time
         "mlflow.source.name": "pipeline",
         "mlflow.source.git.commit": git_state().commit,
     }
@@ -235,11 +303,13 @@ class SweepContext:
     parent_run_id: str  # the sweep's MLflow parent run
     total: int  # jobs the sweep launches (progress lines)
     started: float  # the sweep's start time (progress lines)
+    owner: str = ""  # the sweep's main process (ProcessId): workers end when it is gone
 
     ENV = {
         "parent_run_id": "LINREG_PARENT_RUN_ID",
         "total": "LINREG_SWEEP_TOTAL",
         "started": "LINREG_SWEEP_STARTED",
+        "owner": "LINREG_SWEEP_OWNER",
     }
 
     def hydra_overrides(self) -> list[str]:
@@ -254,6 +324,7 @@ class SweepContext:
             env[cls.ENV["parent_run_id"]],
             int(env[cls.ENV["total"]]),
             float(env[cls.ENV["started"]]),
+            str(env.get(cls.ENV["owner"], "")),
         )
 
 
@@ -307,18 +378,23 @@ class RunLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            if self._hist is None:
-                self._close(RunStatus.FAILED, [], {"error": "the job logged no history"})
-                return
-            now = int(time.time() * 1000)
-            metrics = history_metrics(self._hist, now)
-            metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
-            self._close(RunStatus.FINISHED, metrics, {"diverged": str(self._hist.diverged).lower()})
-        elif isinstance(exc, KeyboardInterrupt):
-            self._close(RunStatus.KILLED, [], {"error": "interrupted"})
-        else:
-            self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
+        try:
+            if exc is None:
+                if self._hist is None:
+                    self._close(RunStatus.FAILED, [], {"error": "the job logged no history"})
+                    return
+                now = int(time.time() * 1000)
+                metrics = history_metrics(self._hist, now)
+                metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
+                diverged = str(self._hist.diverged).lower()
+                self._close(RunStatus.FINISHED, metrics, {"diverged": diverged})
+            elif isinstance(exc, KeyboardInterrupt):
+                self._close(RunStatus.KILLED, [], {"error": "interrupted"})
+            else:
+                self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
+        except KeyboardInterrupt:  # a signal while logging: the run is still closed, KILLED
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
 
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
@@ -367,7 +443,7 @@ class ParentRun:
     ) -> ParentRun:
         """Reopen the run ``reuse`` (RUNNING again, tagged resumed) or create a new one."""
         client = get_client(uri)
-        liveness = {"host": socket.gethostname(), "pid": str(os.getpid())}
+        liveness = ProcessId.current().tags()
         if reuse:
             client.update_run(reuse, status="RUNNING")
             client.log_batch(
@@ -403,22 +479,17 @@ class ParentRun:
 
 def mark_stale_runs(uri: str, experiment_id: str) -> int:
     """RUNNING runs started on this host by a process that is gone (SIGKILL, power loss) are
-    marked KILLED: MLflow has no heartbeat, so nothing else would ever close them."""
+    marked KILLED: MLflow has no heartbeat, so nothing else would ever close them. A process
+    is its host, pid and start time (tags ``host``, ``pid``, ``pid_start``), so a pid reused by
+    another process does not keep a dead run alive."""
     from pipeline.queries import search_all
 
     client = get_client(uri)
-    host, stale = socket.gethostname(), 0
+    stale = 0
     for run in search_all(uri, experiment_id, "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get("host") != host or not tags.get("pid", "").isdigit():
-            continue
-        try:
-            os.kill(int(tags["pid"]), 0)
-            continue  # still alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, someone else's
+        owner = ProcessId.from_tags(run.data.tags)
+        if owner is None or owner.alive() is not False:
+            continue  # alive, another host's, or not ours to judge
         rid = run.info.run_id
         client.set_tag(rid, "error", "stale: its process is gone")
         client.set_terminated(rid, "KILLED")
@@ -442,3 +513,60 @@ def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> int:
         client.set_tag(run.info.run_id, "error", "orphan: its worker died before it ended")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(orphans)
+
+
+# --- one sweep at a time ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sweep_lock(
+    uri: str, experiment_id: str, sweep_hash: str, on_wait: Callable[[str], None]
+) -> Iterator[None]:
+    """Held while a sweep of this set of jobs runs on this store, so that an identical sweep
+    started meanwhile waits (``on_wait(holder)`` is called once) and then finds every job
+    cached, instead of training them twice. Different sweeps do not wait for each other.
+
+    SQLite: an ``flock`` on a file next to the database (released by the kernel when the
+    process dies). ``on_wait`` gets the holder as ``host:pid:start since`` (since: when it
+    took the lock, epoch seconds). Other stores (a tracking server): a claim, the experiment tag
+    ``sweep_claim.<hash>`` set to this process and read back after a second; a claim whose
+    process is gone (same host) is taken over."""
+    me = f"{ProcessId.current()} {time.time():.3f}"  # who holds it, since when
+    path = sweep_lock_path(uri, sweep_hash)
+    if path is not None:
+        with file_lock(path, on_wait, note=me):
+            yield
+        return
+    client, key, waited = get_client(uri), f"sweep_claim.{sweep_hash}", False
+    nonce = f"{me} {os.urandom(4).hex()}"  # me: the holder text on_wait gets
+
+    def holder() -> str:
+        return str(client.get_experiment(experiment_id).tags.get(key, ""))
+
+    while True:
+        current = holder()
+        owner = ProcessId.parse(current.split(" ")[0]) if current else None
+        if owner is not None and owner.alive() is not False:
+            if not waited:
+                on_wait(" ".join(current.split(" ")[:2]))
+                waited = True
+            time.sleep(CLAIM_POLL_S)
+            continue
+        client.set_experiment_tag(experiment_id, key, nonce)
+        time.sleep(CLAIM_SETTLE_S)  # a concurrent claimer's write lands in this window
+        if holder() == nonce:
+            break
+    try:
+        yield
+    finally:
+        if holder() == nonce:
+            client.set_experiment_tag(experiment_id, key, "")
+
+
+def sweep_lock_path(uri: str, sweep_hash: str) -> Path | None:
+    """The lock file of a sweep on a SQLite store; None: a claim on the store."""
+    return store_lock_path(uri, f"sweep-{sweep_hash}")
+
+
+CLAIM_SETTLE_S = 1.0  # between writing a claim and reading it back
+CLAIM_POLL_S = 2.0  # how often a waiting sweep looks at a held claim

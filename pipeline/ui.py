@@ -23,7 +23,7 @@ from pipeline.server import (
     port_in_use,
     stop_group,
 )
-from pipeline.tracking import ensure_experiment, get_client, tracking_uri
+from pipeline.tracking import StoreError, ensure_experiment, get_client, tracking_uri
 from pipeline.views import runs_view_url, save_runs_view
 
 
@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {base}  (store: {uri})")
-    latest = latest_sweep_url(uri, base)
+    try:
+        latest = latest_sweep_url(uri, base)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`", flush=True)
     cmd = [
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),

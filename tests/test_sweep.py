@@ -301,3 +301,34 @@ def test_joblib_sweep_into_a_fresh_store(tmp_path: Path, client: mlflow.MlflowCl
     check = [r for r in all_runs(client) if r.info.run_name == "check"][0]
     twin = [c for c in children if c.info.run_name == "scratch-mse-lr0.02-bs10-s1"][0]
     assert check.data.metrics["mse"] == twin.data.metrics["mse"]
+
+
+def test_hydra_conventions_sweep_dir_numbering_and_batches(
+    tmp_path: Path, client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extended sweep in a fixed sweep dir continues the job numbering; an all-cached sweep
+    still writes its sweep dir with a summary; the sweeper returns one list per batch."""
+    from pipeline.sweep import GridsSweeperImpl
+
+    returned: list[Any] = []
+    real_sweep = GridsSweeperImpl.sweep
+
+    def sweep(self: GridsSweeperImpl, arguments: list[str]) -> Any:
+        returned.append(real_sweep(self, arguments))
+        return returned[-1]
+
+    monkeypatch.setattr(GridsSweeperImpl, "sweep", sweep)
+    sweep_dir = tmp_path / "mr"
+    grid = ["train.epochs=1", "data.n=50"]
+    run_app(monkeypatch, tmp_path, *grid, "optim.lr=0.01,0.02")
+    assert [len(batch) for batch in returned[-1]] == [2]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    more = "optim.lr=0.01,0.02,0.05,0.1,0.2"
+    run_app(monkeypatch, tmp_path, *grid, more, "hydra.sweeper.max_batch_size=2")
+    assert [len(batch) for batch in returned[-1]] == [2, 1]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == list("01234")
+    cached = tmp_path / "cached"
+    run_app(monkeypatch, tmp_path, *grid, more, f"hydra.sweep.dir={cached}")
+    assert returned[-1] == [] and (cached / "multirun.yaml").exists()
+    summary = (cached / "summary.csv").read_text().splitlines()
+    assert len(summary) == 6 and all(",True," in line for line in summary[1:])

@@ -36,7 +36,7 @@ from pipeline.report.sections import (
     per_sample,
     reduction,
 )
-from pipeline.tracking import get_client, tracking_uri
+from pipeline.tracking import StoreError, get_client, tracking_uri
 
 # in the order the report shows them; each module has SPEC (key, title, question, preset) and
 # build(data, section, out_dir)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         markdown, _ = build_report(args.sweep, args.out)
-    except ReportError as exc:
+    except (ReportError, StoreError) as exc:
         print(f"error: {exc}")
         return 2
     print(markdown)

@@ -1,0 +1,312 @@
+"""Faults replayed: identical sweeps at once, SIGTERM and SIGKILL mid-sweep, bad input.
+
+Signals and concurrency need real processes (``python -m pipeline``); the sweeps are tiny. What
+is asserted is what a user relies on: no duplicate config hash among FINISHED children, no
+RUNNING run left, one parent per set of jobs, no worker outliving its sweep, and one
+``error:`` line (no traceback) with exit code 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from mlflow.entities import Run
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.job import run_job
+from pipeline.procs import ProcessId, start_time
+from pipeline.tracking import mark_stale_runs, sweep_lock
+from tests.conftest import compose_cfg
+from tests.test_sweep import all_runs, run_app, split
+
+SMALL = ["model=linear,scratch", "optim.lr=0.03,5"]  # 4 jobs, two of them diverge
+
+
+def start(
+    tmp_path: Path, name: str, *args: str, uri: str | None = None, **kw: object
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``python -m pipeline -m ...`` in the background, its output in a file."""
+    out = tmp_path / f"{name}.out"
+    env = dict(os.environ)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    cmd = [sys.executable, "-m", "pipeline", "-m", f"hydra.sweep.dir={tmp_path}/{name}", *args]
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env, **kw
+        )  # type: ignore[call-overload]
+    return proc, out
+
+
+def wait_for(out: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while text not in out.read_text():
+        assert proc.poll() is None, out.read_text()[-3000:]
+        assert time.time() < deadline, f"no {text!r} in:\n{out.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen[bytes], out: Path, code: int = 0) -> str:
+    assert proc.wait(timeout=300) == code, out.read_text()[-3000:]
+    text = out.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    return text
+
+
+def check_store(runs: list[Run], parents: int, configs: int) -> None:
+    """One FINISHED run per config, no duplicate, nothing RUNNING."""
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    ps = split(runs)[0]
+    assert len(ps) == parents
+    jobs = [r for r in runs if "config_hash" in r.data.tags]  # children, and lone jobs
+    finished = Counter(r.data.tags["config_hash"] for r in jobs if r.info.status == "FINISHED")
+    assert len(finished) == configs and set(finished.values()) == {1}
+
+
+# --- one sweep at a time ----------------------------------------------------------------------
+
+
+def test_identical_sweeps_at_once_on_a_fresh_and_an_existing_store(
+    tmp_path: Path, tracking_uri: str, client: mlflow.MlflowClient
+) -> None:
+    fresh = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # no file yet: both migrate it at once
+    launcher = "hydra/launcher=stacked"
+    # the existing store already holds two of the configs (trained by the stacked engine)
+    for model in ("linear", "scratch"):
+        run_job(compose_cfg(f"model={model}", "train.engine=stacked"))
+    more = ["model=linear,scratch", "optim.lr=0.03,5,0.1"]  # 6 jobs, 2 cached
+    pairs = [start(tmp_path, n, launcher, *SMALL, uri=fresh) for n in ("a", "b")]
+    pairs += [start(tmp_path, n, launcher, *more) for n in ("c", "d")]
+    outs = [finish(*p) for p in pairs]
+    check_store(all_runs(mlflow.MlflowClient(tracking_uri=fresh)), parents=1, configs=4)
+    check_store(all_runs(client), parents=1, configs=6)
+    assert sum("another sweep of the same jobs is running" in o for o in outs) <= 2
+
+
+def test_the_server_claim_makes_a_second_identical_sweep_wait(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim used for tracking servers (here forced on the SQLite store)."""
+    import pipeline.tracking as tracking
+
+    monkeypatch.setattr(tracking, "sweep_lock_path", lambda uri, sweep_hash: None)
+    monkeypatch.setattr(tracking, "CLAIM_SETTLE_S", 0.05)
+    monkeypatch.setattr(tracking, "CLAIM_POLL_S", 0.05)
+    exp = tracking.ensure_experiment(tracking_uri, "linreg")
+    order: list[str] = []
+    waited = threading.Event()
+
+    def second() -> None:
+        with sweep_lock(tracking_uri, exp, "h1", lambda holder: waited.set()):
+            order.append("second")
+
+    with sweep_lock(tracking_uri, exp, "h1", lambda holder: pytest.fail("nobody holds it")):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waited.wait(10)
+        with sweep_lock(tracking_uri, exp, "h2", lambda holder: pytest.fail("another sweep")):
+            order.append("different sweep, meanwhile")
+        order.append("first")
+    thread.join(10)
+    assert order == ["different sweep, meanwhile", "first", "second"]
+
+    # a claim left by a dead process is taken over
+    dead = ProcessId(socket.gethostname(), 2**22 + 7, "1")
+    tracking.get_client(tracking_uri).set_experiment_tag(exp, "sweep_claim.h3", f"{dead} x")
+    with sweep_lock(tracking_uri, exp, "h3", lambda holder: pytest.fail("dead holder")):
+        pass
+
+
+# --- liveness ---------------------------------------------------------------------------------
+
+
+def test_a_reused_pid_is_not_alive(client: mlflow.MlflowClient) -> None:
+    me = ProcessId.current()
+    assert me.started == start_time(os.getpid()) and me.alive() is True
+    assert ProcessId(me.host, me.pid, "12345").alive() is False  # same pid, other process
+    assert ProcessId("elsewhere", me.pid, me.started).alive() is None
+    exp = client.create_experiment("linreg")
+    reused = client.create_run(exp, tags={**me.tags(), "pid_start": "12345"})
+    alive = client.create_run(exp, tags=me.tags())
+    assert mark_stale_runs(client.tracking_uri, exp) == 1
+    assert client.get_run(reused.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_stacked_sweep_leaves_nothing_running(
+    tmp_path: Path, client: mlflow.MlflowClient
+) -> None:
+    seeds = "seed=" + ",".join(map(str, range(12)))  # 12 groups of 2
+    proc, out = start(tmp_path, "t", "hydra/launcher=stacked", "model=linear,scratch", seeds)
+    wait_for(out, "group 2/12", proc)
+    proc.send_signal(signal.SIGTERM)
+    text = finish(proc, out, code=143)
+    assert "interrupted: the open runs were closed KILLED" in text
+    runs = all_runs(client)
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    (parent,), children = split(runs)
+    assert parent.info.status == "KILLED" and 4 <= len(children) < 24
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(text[text.rfind(")") + 2 :].split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parents.items() if pp == p}
+        todo += kids - found
+        found |= kids
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The ones still running (zombies are dead)."""
+    out = set()
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(p)
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def test_sigkill_of_a_joblib_sweep_kills_its_workers_and_the_next_sweep_resumes(
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grid = ["model=linear,scratch", "seed=0,1,2"]  # 6 jobs
+    proc, out = start(tmp_path, "k", "hydra/launcher=joblib", *grid, start_new_session=True)
+    wait_for(out, "job 1/6", proc)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while alive(workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert alive(workers) == set(), "workers outlived their sweep by 10 s"
+    (dead,) = split(all_runs(client))[0]
+    assert dead.info.status == "RUNNING"  # nothing could close it: SIGKILL
+
+    # the same sweep again (in this process, with the basic launcher: same jobs, same parent)
+    run_app(monkeypatch, tmp_path, *grid)
+    runs = all_runs(client)
+    check_store(runs, parents=1, configs=6)
+    assert split(runs)[0][0].data.tags["resumed"] == "true"
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    from pipeline.__main__ import cli
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # cli() sets it to 1: restored afterwards
+    monkeypatch.setattr(sys, "argv", ["pipeline", *args])
+    GlobalHydra.instance().clear()
+    try:
+        cli()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+BAD = [
+    ("loss.reduction=avg", "expected one of [mean, sum"),
+    ("model=foo", "available: linear, scratch"),
+    ("optim.lr=abc", "could not be converted to Float"),
+    ("seed=-1", "seed=-1"),
+    ("data.true_w=[nan,1]", "finite"),
+    ("optim.lr=nan", "finite"),
+    ("loss.delta=inf", "finite"),
+]
+
+
+@pytest.mark.parametrize("mode", [[], ["-m", "hydra.sweep.dir=SWEEP"]], ids=["job", "sweep"])
+def test_bad_input_is_one_line_and_exit_2(
+    mode: list[str],
+    tmp_path: Path,
+    client: mlflow.MlflowClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mode = [m.replace("SWEEP", str(tmp_path / "sd")) for m in mode]
+    for arg, says in BAD:
+        assert run_cli(monkeypatch, *mode, arg) == 2, arg
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and says in err[0], (arg, err)
+    assert all_runs(client) == []
+
+
+def test_a_store_that_cannot_be_used_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bad.db").write_bytes(b"not a database at all")
+    (tmp_path / "afile").write_text("")
+    stores = {
+        f"sqlite:///{tmp_path}/bad.db": "is not a SQLite database",
+        "garbage": "is not a supported store",
+        "foo://bar": "is not a supported store",
+        f"sqlite:///{tmp_path}/afile/mlflow.db": "cannot create",
+    }
+    for uri, says in stores.items():
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        for mode in ([], ["-m", f"hydra.sweep.dir={tmp_path}/sd", "sweep=smoke"]):
+            t0 = time.time()
+            assert run_cli(monkeypatch, *mode) == 2, uri
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and says in err[0], (uri, mode, err)
+            assert time.time() - t0 < 15
+
+
+def test_report_and_rerun_of_an_unknown_sweep_are_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.report import main as report
+    from pipeline.rerun import main as rerun
+
+    assert report(["--sweep", "nosuchid"]) == 2
+    assert rerun(["--sweep", "nosuchid"]) == 2
+    assert rerun(["nosuchid"]) == 2
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 3 and all(ln.startswith("error:") for ln in lines), lines
+
+
+def test_the_plugin_scan_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, hydra_plugins.linreg_sweep; "
+        "print(sorted(m for m in ('torch', 'mlflow', 'pandas', 'ray', 'pipeline.sweep') "
+        "if m in sys.modules));"
+        "from hydra.core.plugins import Plugins; from hydra.plugins.plugin import Plugin; "
+        "print(sorted(p.__name__ for p in Plugins.instance().discover(Plugin) "
+        "if p.__module__.startswith('hydra_plugins.linreg_sweep')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plugins = "['GridsSweeper', 'RayStackedLauncher', 'StackedLauncher']"
+    assert out.stdout.split("\n")[:2] == ["[]", plugins]
