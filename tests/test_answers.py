@@ -14,6 +14,10 @@ import pytest
 from pipeline.report import build_report
 from tests.test_sweep import run_app
 
+# one sweep for the module (a session fixture: xdist may interleave other modules' tests,
+# which would tear a module fixture down), its tests on one xdist worker
+pytestmark = pytest.mark.xdist_group("answers")
+
 PRESET = """\
 # @package _global_
 sweep:
@@ -40,7 +44,7 @@ hydra:
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def answers(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("answers")
     (tmp / "conf" / "sweep").mkdir(parents=True)

@@ -58,7 +58,7 @@ MIXED = (
             ["linear", "scratch"],
             ["squared", "mse", "huber"],
             ["mean", "sum"],
-            [0.01, 0.1],
+            [0.1],
             [10, 300],
         )
     ]
