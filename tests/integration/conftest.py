@@ -58,6 +58,7 @@ def run_pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProces
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (make test runs two workers), every test here goes to the same worker,
     so the session's one server and one Ray head are started once."""
