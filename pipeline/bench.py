@@ -17,8 +17,6 @@ import os
 import platform
 import random
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils import data
 
+from pipeline.bench_ray import sweep_seconds
 from pipeline.config import PROJECT_ROOT, register_configs
 from pipeline.identity import flatten, to_container
 from pipeline.sweep import expand
@@ -162,18 +161,6 @@ def mlflow_floor(cfgs: list[DictConfig], hists: list[History], store: Path) -> f
     return timed(run_all)
 
 
-def sweep_end_to_end(launcher: str, store: Path) -> float:
-    env = dict(
-        os.environ,
-        MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
-        LINREG_OUTPUTS=str(store / "hydra"),
-    )
-    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=bench", f"hydra/launcher={launcher}"]
-    t = time.perf_counter()
-    subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-sweeps", action="store_true", help="only the in-process rows")
@@ -201,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.skip_sweeps:
             for launcher in ("basic", "joblib", "stacked"):
-                rows[f"make sweep SWEEP=bench LAUNCHER={launcher}"] = sweep_end_to_end(
+                rows[f"make sweep SWEEP=bench LAUNCHER={launcher}"] = sweep_seconds(
                     launcher, Path(tmp) / launcher
                 )
     seeds = rows["seeds' loops (d2l 3.2/3.3), training only"]
