@@ -77,18 +77,22 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     unscaled = rows[rows["variant"] == "sum, lr"]
     div = unscaled.groupby("B")["diverged"].agg(["sum", "count"])
     fig, ax = new_figure()
-    first = rows[
-        (rows["seed"] == rows["seed"].min()) & (rows["B"] == 10) & (rows["model"] == "linear")
-    ]
+    # nn.Linear at B = 10: each variant's epoch mse, mean ± sd over the seeds
+    b10 = rows[(rows["B"] == 10) & (rows["model"] == "linear")]
     styles = {"mean, lr": "o-", "sum, lr/B": "x--", "sum, lr": "s:"}
-    for r in first.itertuples():
-        c = hist[r.run_id, "mse"]
-        ax.plot(
-            range(len(c)),
-            c,
-            styles[r.variant],
-            label=r.variant,
-            markersize=8 if r.variant == "sum, lr/B" else 5,
+    for variant, g in b10.groupby("variant"):
+        curves = [hist[r, "mse"] for r in g["run_id"]]
+        if len({len(c) for c in curves}) != 1:
+            continue  # a diverged seed stopped early: no common epochs to average
+        c = np.array(curves)
+        ax.errorbar(
+            range(c.shape[1]),
+            c.mean(0),
+            yerr=c.std(0, ddof=1) if len(c) > 1 else None,
+            fmt=styles[variant],
+            capsize=3,
+            label=f"{variant} ({len(c)} seeds)",
+            markersize=8 if variant == "sum, lr/B" else 5,
         )
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
