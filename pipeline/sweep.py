@@ -167,7 +167,8 @@ class JobComposer:
     def take(self, overrides: Sequence[str]) -> DictConfig:
         """The config the plan composed for these overrides (handed over, not copied), or a
         fresh composition for a launcher used without the grids sweeper."""
-        return self.planned.pop(tuple(overrides), None) or self(overrides)
+        cfg = self.planned.pop(tuple(overrides), None)
+        return cfg if cfg is not None else self(overrides)
 
 
 class GridsSweeperImpl(Sweeper):
