@@ -64,7 +64,7 @@ class Head:
         return cls(**json.loads(path.read_text()))
 
     def pids(self) -> list[int]:
-        return head_pids(self.temp_dir)
+        return head_pids(self.temp_dir, self.address)
 
 
 def _cmdline(pid: int) -> str:
@@ -89,10 +89,18 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def head_pids(temp_dir: str) -> list[int]:
-    """Every live process of the head whose private temp dir is ``temp_dir``."""
+def head_pids(temp_dir: str, address: str | None = None) -> list[int]:
+    """Every live process of the head whose private temp dir is ``temp_dir``, and the ones
+    started for its GCS ``address`` that do not name the temp dir (Ray's client server,
+    ``ray.util.client.server --address=<gcs>``, which outlives its parent otherwise)."""
     parents = _parents()
-    roots = {pid for pid in parents if temp_dir in _cmdline(pid) and pid != os.getpid()}
+    flag = f"--address={address} " if address else None
+    roots = {
+        pid
+        for pid in parents
+        if pid != os.getpid()
+        and (temp_dir in (cmd := _cmdline(pid)) or (flag is not None and flag in cmd))
+    }
     found, changed = set(roots), True
     while changed:  # descendants: workers (ray::IDLE, ray::run_group, ...) and helpers
         changed = False
