@@ -32,6 +32,21 @@ from pipeline.train import group_by_schedule
 log = logging.getLogger("pipeline.launcher")
 
 
+def stacked_batch(
+    hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]
+) -> tuple[SweepContext | None, list[list[str]], list[DictConfig], list[list[int]]]:
+    """What every stacking launcher does first: the sweep context, each job's own overrides,
+    its config (the plan's, composed once) with its engine settled, and the groups that train
+    as one computation."""
+    compose = JobComposer.shared(hydra_context.config_loader, config)
+    context = sweep_context(job_overrides)
+    overrides = [JobComposer.task_overrides(o) for o in job_overrides]
+    cfgs = [compose.take(o) for o in overrides]
+    for cfg in cfgs:
+        prepare(cfg, stacking=True)
+    return context, overrides, cfgs, group_by_schedule(cfgs)
+
+
 class StackedLauncherImpl(Launcher):
     stacks_jobs = True  # the sweeper resolves train.engine=auto to `stacked` for its jobs
 
@@ -50,13 +65,9 @@ class StackedLauncherImpl(Launcher):
         assert self.hydra_context is not None and self.config is not None
         register_configs()
         t0 = time.time()
-        compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
-        context = sweep_context(job_overrides)
-        overrides = [JobComposer.task_overrides(o) for o in job_overrides]
-        cfgs = [compose.take(o) for o in overrides]
-        for cfg in cfgs:
-            prepare(cfg, stacking=True)
-        groups = group_by_schedule(cfgs)
+        context, overrides, cfgs, groups = stacked_batch(
+            self.hydra_context, self.config, job_overrides
+        )
         log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} groups")
         returns: list[JobReturn | None] = [None] * len(cfgs)
         local = context or SweepContext("", len(cfgs), t0)

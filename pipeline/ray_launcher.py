@@ -169,21 +169,16 @@ class RayStackedLauncherImpl(Launcher):
         import ray
 
         from pipeline.config import register_configs
-        from pipeline.job import prepare
-        from pipeline.sweep import JobComposer, sweep_context
-        from pipeline.train import group_by_schedule
+        from pipeline.launcher import stacked_batch
 
         assert self.hydra_context is not None and self.config is not None
         register_configs()
         init_ray(self.config)
         t0 = time.time()
-        compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
-        context = sweep_context(job_overrides)
-        job_overrides = [JobComposer.task_overrides(o) for o in job_overrides]
-        cfgs = [compose.take(overrides) for overrides in job_overrides]
-        for cfg in cfgs:
-            prepare(cfg, stacking=True)
-        groups = [c for g in group_by_schedule(cfgs) for c in chunks(g, self.group_size)]
+        context, job_overrides, cfgs, stacked = stacked_batch(
+            self.hydra_context, self.config, job_overrides
+        )
+        groups = [c for g in stacked for c in chunks(g, self.group_size)]
         resources = ray.cluster_resources()
         log.info(
             f"Ray stacked launcher: {len(cfgs)} jobs in {len(groups)} tasks on "
