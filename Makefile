@@ -69,9 +69,10 @@ server-stop: $(STAMP) ## stop the server of `make server` and its PostgreSQL
 server-import: $(STAMP) ## copy the SQLite store mlruns/mlflow.db into the server at $$MLFLOW_TRACKING_URI
 	$(PY) -m pipeline.server_import --from sqlite:///$(CURDIR)/mlruns/mlflow.db --to $(MLFLOW_TRACKING_URI)
 
-bench: $(RAY_STAMP) ## wall times and ratios: seeds' loops vs ours, MLflow floor, sweeps end to end, Ray
+bench: $(RAY_STAMP) ## wall times and ratios: seeds' loops vs ours, MLflow floor, sweeps end to end, Ray, streaming memory
 	$(PY) -m pipeline.bench $(ARGS)
 	$(PY) -m pipeline.bench_ray
+	$(PY) -m pipeline.bench_stream
 
 test: $(RAY_STAMP) ## run the test suite (never touches mlruns/)
 	$(PY) -m pytest $(ARGS)

@@ -68,6 +68,11 @@ class AveragingName(str, Enum):
     tail = "tail"  # the model is the mean of the iterates after optim.average_from of training
 
 
+class DataSourceName(str, Enum):
+    memory = "memory"  # all n examples drawn at once and held (d2l's synthetic_data)
+    stream = "stream"  # drawn chunk by chunk from (seed, chunk index), one chunk held at a time
+
+
 class DType(str, Enum):
     float64 = "float64"  # default: float32 rounding of w (~2e-7) is 0.1% of the error we measure
     float32 = "float32"  # d2l's dtype
@@ -90,6 +95,8 @@ class DataConfig:
     n: int = MISSING  # number of examples
     noise: float = MISSING  # std of the Gaussian label noise (sigma)
     outliers: OutliersConfig = field(default_factory=OutliersConfig)  # for Huber to shine
+    source: DataSourceName = MISSING  # memory (all held) or stream (chunks, never all held)
+    chunk_size: int = MISSING  # examples per chunk of a stream (a multiple of train.batch_size)
 
 
 @dataclass
@@ -261,6 +268,15 @@ def validate(cfg: DictConfig) -> None:
     frac = cfg.data.outliers.fraction
     if not 0 <= frac < 1:
         raise ConfigError(f"data.outliers.fraction={frac}: must be in [0, 1)")
+    chunk = cfg.data.chunk_size
+    if chunk < 1:
+        raise ConfigError(f"data.chunk_size={chunk}: must be >= 1")
+    stream = DataSourceName(cfg.data.source) == DataSourceName.stream
+    if stream and n > chunk and chunk % bs:
+        raise ConfigError(
+            f"data.chunk_size={chunk}: must be a multiple of train.batch_size={bs} with "
+            f"data.source=stream (a batch never straddles two chunks)"
+        )
     if cfg.data.outliers.scale < 0:
         raise ConfigError(f"data.outliers.scale={cfg.data.outliers.scale}: must be >= 0")
     if not cfg.loss.delta > 0:

@@ -18,11 +18,20 @@ class Generators:
     batches: torch.Generator
 
 
+def _generator(seq: np.random.SeedSequence) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0]))
+
+
 def make_generators(seed: int) -> Generators:
     # SeedSequence.spawn gives statistically independent child seeds from one user seed.
-    children = np.random.SeedSequence(seed).spawn(3)
-    gens = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children]
-    return Generators(*gens)
+    return Generators(*(_generator(c) for c in np.random.SeedSequence(seed).spawn(3)))
+
+
+def chunk_generator(seed: int, chunk: int) -> torch.Generator:
+    """The generator of chunk ``chunk`` of a stream: child ``chunk`` of the seed's data stream
+    (what ``SeedSequence(seed).spawn(3)[0].spawn(chunk + 1)[chunk]`` gives, built directly), so
+    any chunk can be drawn again, alone, without drawing the ones before it."""
+    return _generator(np.random.SeedSequence(seed, spawn_key=(0, chunk)))
 
 
 def synthetic_data(
@@ -56,3 +65,24 @@ def ols(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     A = with_bias_column(X)
     sol = torch.linalg.lstsq(A, y, driver="gelsd").solution.reshape(-1)
     return sol[:-1], sol[-1]
+
+
+class NormalEquations:
+    """Least squares from sufficient statistics: AᵀA and Aᵀy (A = [X, 1]) summed chunk by
+    chunk, so the data never has to be held at once ((d+1)² + d+1 numbers whatever n is).
+    Solving them squares the condition number of A, which is harmless here (X ~ N(0, I):
+    AᵀA ≈ n·I); lstsq on the whole A is what :func:`ols` does when the data fits."""
+
+    def __init__(self, d: int, dtype: torch.dtype):
+        self.AtA = torch.zeros(d + 1, d + 1, dtype=dtype)
+        self.Aty = torch.zeros(d + 1, dtype=dtype)
+
+    def add(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        A = with_bias_column(X)
+        self.AtA += A.T @ A
+        self.Aty += A.T @ y.reshape(-1)
+
+    def solve(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, b) of the least-squares fit of every example added."""
+        sol = torch.linalg.solve(self.AtA, self.Aty)
+        return sol[:-1], sol[-1]

@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
+from pipeline.memory import peak_rss
 from pipeline.procs import signals_as_interrupt
 from pipeline.tracking import RunLogger, SweepContext
 from pipeline.train import History, resolve_engine, train
@@ -42,10 +43,17 @@ def prepare(cfg: DictConfig, stacking: bool) -> None:
     torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
 
 
-def timed_train(cfgs: Sequence[DictConfig], verbose: bool) -> tuple[list[History], float]:
-    t0 = time.perf_counter()
-    hists = train(cfgs, on_epoch=print_epoch if verbose else None)
-    return hists, time.perf_counter() - t0
+def timed_train(
+    cfgs: Sequence[DictConfig], verbose: bool
+) -> tuple[list[History], dict[str, float]]:
+    """The Histories, and what the computation cost this machine: ``train_time_s`` (wall
+    time), ``peak_rss_mb`` and ``rss_start_mb`` (the process's RSS high-water mark while it
+    ran, reset at its start, and the RSS it started from; see ``pipeline.memory``)."""
+    with peak_rss() as rss:
+        t0 = time.perf_counter()
+        hists = train(cfgs, on_epoch=print_epoch if verbose else None)
+        seconds = time.perf_counter() - t0
+    return hists, {"train_time_s": seconds, **rss.metrics()}
 
 
 def run_job(
@@ -58,8 +66,8 @@ def run_job(
     with signals_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
         if context is None:
             log.info(f"mlflow run {run.run_id} ({run.uri})")
-        (hist,), seconds = timed_train([cfg], verbose=context is None)
-        run.finish(hist, train_time_s=seconds)
+        (hist,), cost = timed_train([cfg], verbose=context is None)
+        run.finish(hist, **cost)
     if hist.diverged:
         log.warning(
             f"WARNING: diverged at update {hist.diverged_at_step} "
@@ -84,7 +92,7 @@ def run_group(
     stack = {"stack_size": str(len(cfgs)), "stack_id": uuid.uuid4().hex, **(tags or {})}
     with signals_as_interrupt():  # SIGTERM: the open run closes KILLED
         try:
-            hists, seconds = timed_train(cfgs, verbose=False)
+            hists, cost = timed_train(cfgs, verbose=False)
             failure: Exception | None = None
         except Exception as exc:  # the group's one computation failed: every job of it failed
             failure = exc
@@ -95,7 +103,7 @@ def run_group(
                 with RunLogger(cfg, list(ret.overrides or []), stack, context) as run:
                     if failure is not None:
                         raise failure
-                    run.finish(hists[k], train_time_s=seconds)
+                    run.finish(hists[k], **cost)
                 ret.return_value, ret.status = hists[k].final_mse, JobStatus.COMPLETED
             except Exception as exc:
                 ret.return_value, ret.status = exc, JobStatus.FAILED

@@ -14,7 +14,7 @@ codes, K ≥ 1 for the stacked closed form.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -43,9 +43,19 @@ class EpochOrder:
         return list(self.perm[: self.stop].split(self.batch_size))
 
 
+# One chunk of a stream as it arrives: its examples (X, y) and its batch order (a permutation
+# within the chunk: a stream cannot be permuted as a whole). The loop's source yields them
+# lazily: a chunk is drawn only when the batches reach it.
+ShuffledChunk = tuple[torch.Tensor, torch.Tensor, EpochOrder]
+
+
 class Step(Protocol):
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         """The epoch's minibatches, the way this code draws them."""
+        ...
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        """The epoch's minibatches from a stream of chunks, holding one chunk at a time."""
         ...
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -77,6 +87,13 @@ def data_iter(
         yield features[batch_indices], labels[batch_indices]
 
 
+def stream_iter(chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+    """data_iter over a stream: a generator, so each chunk is drawn (or read) only when the
+    batches before it are used up, and memory stays at one chunk whatever n is."""
+    for features, labels, order in chunks:
+        yield from data_iter(order.index_batches(), features, labels)
+
+
 def linreg(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return X @ w + b
 
@@ -102,6 +119,9 @@ class ScratchStep:
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         return data_iter(order.index_batches(), X, y)
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        return stream_iter(chunks)
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._last = reduce(
@@ -131,6 +151,19 @@ class ScratchStep:
 # --- d2l 3.3 ----------------------------------------------------------------------------------
 
 
+class ChunkStream(data.IterableDataset[Batch]):
+    """A stream of chunks as a torch ``IterableDataset`` of minibatches (one pass = one epoch):
+    what a ``DataLoader`` iterates when the data set is too big for a ``TensorDataset``."""
+
+    def __init__(self, chunks: Iterable[ShuffledChunk]):
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[Batch]:
+        for X, y, order in self.chunks:
+            for idx in order.index_batches():
+                yield X[idx], y[idx]
+
+
 class LinearStep:
     def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
         d = theta0.shape[1] - 1
@@ -149,6 +182,10 @@ class LinearStep:
         # one gather per batch instead of d2l's per-sample collation, in the loop's order.
         dataset = data.TensorDataset(X, y)
         return iter(data.DataLoader(dataset, sampler=order.index_batches(), batch_size=None))
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        # batch_size=None: the dataset yields whole batches (no per-sample collation)
+        return iter(data.DataLoader(ChunkStream(chunks), batch_size=None))
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._last = self.loss(self.net(X), y)
@@ -200,6 +237,10 @@ class StackedStep:
         neg_y = -y.reshape(-1, 1)[order.perm]
         B = order.batch_size
         return ((A[i : i + B], neg_y[i : i + B]) for i in range(0, order.stop, B))
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        for X, y, order in chunks:  # gathered once per chunk
+            yield from self.batches(X, y, order)
 
     def batch_loss(self, A: torch.Tensor, neg_y: torch.Tensor) -> torch.Tensor:
         r = torch.addmm(neg_y, A, self.theta.T)  # residuals (B, K)

@@ -2,8 +2,10 @@
 
 It owns what all trainers share: the data and initial weights (drawn from generators seeded
 from ``seed``), the batch order, the per-epoch full-data metrics, divergence detection, and the
-History. What varies plugs in as a :class:`pipeline.steps.Step`: the d2l 3.2 scratch code, the
-d2l 3.3 ``nn.Linear`` code, or the stacked closed form that trains K configs at once.
+History. The data comes from a source (:mod:`pipeline.sources`): held in memory, or streamed
+in chunks that are drawn again for every pass and never all held. What varies plugs in as a
+:class:`pipeline.steps.Step`: the d2l 3.2 scratch code, the d2l 3.3 ``nn.Linear`` code, or the
+stacked closed form that trains K configs at once.
 
 Nothing here knows about MLflow or printing: :func:`train` returns one History per config and
 calls an optional ``on_epoch`` hook; the job (``pipeline.job``) decides what to do with both.
@@ -25,19 +27,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import (
     ConfigError,
+    DataSourceName,
     EngineName,
     InitName,
     LossName,
     ModelName,
+    Reduction,
     averaging_start,
     effective_lr,
     lr_factor,
     planned_epochs,
     planned_updates,
 )
-from pipeline.data import Generators, make_generators, ols, synthetic_data, with_bias_column
+from pipeline.data import Generators, make_generators, synthetic_data, with_bias_column
 from pipeline.losses import STACKABLE
-from pipeline.steps import EpochOrder, make_step
+from pipeline.sources import DataSource, MemorySource, StreamSource
+from pipeline.steps import make_step
 
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
 MAX_POINTS = 200  # train.log_every=0 (auto): about this many points per logged curve
@@ -74,6 +79,7 @@ class History:
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
+    data_mb: float = math.nan  # MB of examples the data source held at once (all n, or a chunk)
 
     @property
     def diverged(self) -> bool:
@@ -158,6 +164,26 @@ def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
     return Problem(X, y, true_w, float(d.true_b))
 
 
+def make_source(cfg: DictConfig, gens: Generators) -> DataSource:
+    """The config's data: the Problem in memory, or a stream drawn from ``seed`` chunk by chunk
+    (``gens.data`` is then unused: each chunk has its own generator)."""
+    d = cfg.data
+    if DataSourceName(d.source) == DataSourceName.stream:
+        true_w = torch.tensor(list(d.true_w), dtype=torch_dtype(cfg))
+        return StreamSource(
+            true_w,
+            float(d.true_b),
+            int(d.n),
+            float(d.noise),
+            int(cfg.seed),
+            int(d.chunk_size),
+            float(d.outliers.fraction),
+            float(d.outliers.scale),
+        )
+    p = make_problem(cfg, gens)
+    return MemorySource(p.X, p.y, p.true_w, p.true_b)
+
+
 def init_params(cfg: DictConfig, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial (w, b), drawn from the config's own init stream."""
     w = torch.zeros(1, d, dtype=torch_dtype(cfg))  # nn.Linear's (out, in) layout for fan-in/out
@@ -203,13 +229,13 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     first = cfgs[0]
     K = len(cfgs)
     gens = make_generators(first.seed)
-    p = make_problem(first, gens)
-    n, d = p.X.shape
-    A, y = with_bias_column(p.X), p.y.reshape(-1, 1)
+    source = make_source(first, gens)
+    n, d, dtype = source.n, len(source.true_w), source.true_w.dtype
+    true_w, true_b = source.true_w, source.true_b
     # each config draws its own initial weights from a fresh init stream
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
     step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
-    base_lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=p.X.dtype)
+    base_lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=dtype)
     lr = base_lr.clone()
     factors = [lr_factor(c) for c in cfgs]
     scheduled = any(c.optim.schedule.value != "constant" for c in cfgs)
@@ -217,10 +243,11 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     starts = [averaging_start(c) for c in cfgs]
     averaged = torch.tensor([s is not None for s in starts])
     avg_from = min((s for s in starts if s is not None), default=None)
-    avg = torch.zeros(K, d + 1, dtype=p.X.dtype)
-    counts = torch.zeros(K, 1, dtype=p.X.dtype)
-    start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=p.X.dtype)
-    limit = torch.full((K,), math.inf, dtype=p.X.dtype)
+    avg = torch.zeros(K, d + 1, dtype=dtype)
+    counts = torch.zeros(K, 1, dtype=dtype)
+    start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=dtype)
+    limit = torch.full((K,), math.inf, dtype=dtype)
+    summed = torch.tensor([Reduction(c.loss.reduction) == Reduction.sum for c in cfgs])
     hists = [History() for _ in cfgs]
     alive = set(range(K))
     frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
@@ -240,16 +267,29 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             return theta
         return torch.where(averaged[:, None] & (counts > 0), avg, theta)
 
+    def full_data_losses(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K,) train_loss and mse over all n examples, chunk by chunk: a chunk's mean
+        weighs m/n, a sum counts whole. In memory the data is one chunk, whose weight 1 is
+        exact, so the numbers are those of the whole-data formulas."""
+        loss = mse = torch.zeros(K, dtype=dtype)
+        for X, y in source.chunks():
+            share = len(X) / n
+            r = with_bias_column(X) @ theta.T - y  # (m, K)
+            mse = mse + (r**2).mean(0) * share
+            chunk_loss = step.full_loss(X, y, theta)
+            loss = loss + torch.where(summed, chunk_loss, chunk_loss * share)
+        return loss, mse
+
     def record(epoch: int, t: int) -> None:
         """Full-data metrics of the live models; a non-finite one ends that model. Kept every
         ``epoch_every`` epochs and at the last one (all of them unless log_every is auto)."""
         theta = model_params()
-        r = A @ theta.T - y  # (n, K)
+        train_loss, mse = full_data_losses(theta)
         columns = {
-            "train_loss": step.full_loss(p.X, p.y, theta),
-            "mse": (r**2).mean(0),
-            "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
-            "b_error": (theta[:, d] - p.true_b).abs(),
+            "train_loss": train_loss,
+            "mse": mse,
+            "w_error": torch.linalg.vector_norm(theta[:, :d] - true_w, dim=1),
+            "b_error": (theta[:, d] - true_b).abs(),
         }
         table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
         keep = epoch % epoch_every == 0 or epoch == epochs
@@ -281,9 +321,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     for epoch in range(1, epochs + 1):
         if not alive:
             break
-        # one randperm per epoch: d2l's data_iter order, and the DataLoader's
-        order = EpochOrder(torch.randperm(n, generator=gens.batches), batch_size, drop_last)
-        for Xb, yb in step.batches(p.X, p.y, order):
+        for Xb, yb in source.epoch(step, gens.batches, batch_size, drop_last):
             t += 1
             loss = step.batch_loss(Xb, yb)
             ok = loss <= limit  # `not <=` also catches nan
@@ -315,14 +353,14 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         if log_grad
         else [[] for _ in cfgs]
     )
-    w_ols, b_ols = ols(p.X, p.y)
-    ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
-    ols_b = abs(p.true_b - float(b_ols))
+    w_ols, b_ols = source.ols()
+    ols_w = float(torch.linalg.vector_norm(true_w - w_ols))
+    ols_b = abs(true_b - float(b_ols))
     theta, last = model_params(), step.params()
     for k, h in enumerate(hists):
         final = frozen.get(k, theta[k])
         if starts[k] is not None and k not in frozen:
-            h.last_iterate_w_error = float(torch.linalg.vector_norm(last[k, :d] - p.true_w))
+            h.last_iterate_w_error = float(torch.linalg.vector_norm(last[k, :d] - true_w))
         if k not in frozen:
             updates[k] = t
         # a model logs the steps it took: those before the one where it diverged
@@ -331,6 +369,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
+        h.data_mb = source.held_bytes / 1e6
     return hists
 
 

@@ -41,6 +41,12 @@ hydra:
         train.batch_size: 1,10,100
         train.epochs: 1
         train.min_updates: 3000
+      streaming:
+        data.n: 10000,100000,300000
+        data.source: memory,stream
+        train.batch_size: 1000
+        train.epochs: 1
+        optim.lr: 0.3
 """
 
 
@@ -103,3 +109,23 @@ def test_equal_updates_error_falls_with_batch_size_until_ols(answers: Any) -> No
     assert means[2] < 2.5 * b["ols_w_error_theory"]  # ... down to the OLS error
     sections = {s.key: s for s in answers[1]}
     assert "falls with B" in sections["batch_size"].answer
+
+
+def test_streamed_memory_stays_at_a_chunk_while_in_memory_grows_with_n(answers: Any) -> None:
+    st = answers[0]["streaming"]
+    assert st["n"] == [10000, 100000, 300000]
+    mem, stream = st["memory"], st["stream"]
+    assert st["memory_data_slope"] == pytest.approx(1, abs=1e-9)  # 24 bytes an example
+    assert stream["data_mb"] == [st["chunk_size"] * 3 * 8 / 1e6] * 3  # one chunk held
+    assert all(s == 5 for s in mem["seeds"] + stream["seeds"])
+    # measured: the process's peak RSS above its start grows ∝ n in memory, not streamed
+    assert st["memory_grows_with_n"] and st["memory_slope"] > 0.8
+    assert st["stream_flat"] and st["stream_slope"] < 0.5
+    assert st["stream_over_memory_peak"] < 0.25
+    assert stream["peak_above_start_median"][-1] < 0.25 * mem["peak_above_start_median"][-1]
+    # the same estimate: least squares from streamed AᵀA, Aᵀy reaches the OLS error too
+    for ols_mem, ols_stream in zip(mem["ols_w_error_rms"], stream["ols_w_error_rms"], strict=True):
+        assert 0.3 < ols_stream / ols_mem < 3
+    assert "big" not in st  # no 1e8 run in this store
+    sections = {s.key: s for s in answers[1]}
+    assert "grows with n" in sections["streaming"].answer

@@ -35,6 +35,7 @@ from pipeline.report.sections import (
     partial_batch,
     per_sample,
     reduction,
+    streaming,
 )
 from pipeline.tracking import StoreError, get_client, tracking_uri
 
@@ -50,6 +51,7 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    streaming,
 ]
 
 

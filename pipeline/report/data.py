@@ -63,6 +63,7 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "chunk_size": ("params.data.chunk_size", int),
 }
 
 
@@ -88,6 +89,10 @@ class SweepData:
         self.df = df.assign(
             **typed,
             drop_last=df["params.train.drop_last"] == "True",
+            # runs logged before data.source existed held their data in memory
+            source=df.get("params.data.source", pd.Series("memory", index=df.index)).fillna(
+                "memory"
+            ),
             data=np.where(
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
@@ -99,6 +104,9 @@ class SweepData:
             ols_w_error=df.get("metrics.ols_w_error"),
             diverged_at=df.get("metrics.diverged_at_step"),
             train_time_s=df.get("metrics.train_time_s"),
+            data_mb=df.get("metrics.data_mb"),
+            peak_rss_mb=df.get("metrics.peak_rss_mb"),
+            rss_start_mb=df.get("metrics.rss_start_mb"),
             d=df["params.data.true_w"].map(lambda w: len(str(w).split(","))),
         )
 
@@ -117,6 +125,18 @@ class SweepData:
             rows = rows.sort_values("engine", key=lambda e: e == "stacked", kind="stable")
             rows = rows.drop_duplicates(subset=params)
         return rows
+
+    def beyond(self, filter_string: str) -> pd.DataFrame:
+        """FINISHED runs of the experiment that match an MLflow filter, whichever sweep made
+        them (newest first): heavy presets run on their own (``stream_big``), and a report
+        uses their runs when the store has them."""
+        runs = queries.search_all(
+            self.uri,
+            self.parent.info.experiment_id,
+            f"attributes.status = 'FINISHED' and {filter_string}",
+            order_by=["attributes.start_time DESC"],
+        )
+        return queries.runs_frame(runs)
 
     def history(self, run_id: str, key: str) -> list[float]:
         return [v for _, v in self.steps(run_id, key)]
