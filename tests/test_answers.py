@@ -41,6 +41,9 @@ hydra:
         train.batch_size: 1,10,100
         train.epochs: 1
         train.min_updates: 3000
+      d2l_pair:
+        model: linear,scratch
+        train.engine: d2l
 """
 
 
@@ -103,3 +106,18 @@ def test_equal_updates_error_falls_with_batch_size_until_ols(answers: Any) -> No
     assert means[2] < 2.5 * b["ols_w_error_theory"]  # ... down to the OLS error
     sections = {s.key: s for s in answers[1]}
     assert "falls with B" in sections["batch_size"].answer
+
+
+def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
+    g = answers[0]["gradients"]
+    assert set(g["per_batch_size"]) == {"1", "10", "100"}
+    for cell in g["per_batch_size"].values():
+        assert cell["seeds"] == 5
+        for part in ("w", "b"):
+            assert 0.8 <= cell[f"ratio_{part}"] <= 1.25, cell
+    assert g["matches_theory"] is True
+    assert -0.6 < g["rms_w_slope_vs_B"] < -0.4  # ∝ 1/√B
+    # the two d2l codes produce the same gradients on the same batches
+    assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
+    section = {s.key: s for s in answers[1]}["gradients"]
+    assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer

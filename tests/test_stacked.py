@@ -34,7 +34,8 @@ def assert_same(stacked: History, sequential: History) -> None:
         assert len(stacked.epochs[key]) == len(sequential.epochs[key])
         np.testing.assert_allclose(stacked.epochs[key], sequential.epochs[key], rtol=1e-5)
     np.testing.assert_allclose(stacked.batch_loss, sequential.batch_loss, rtol=1e-5)
-    np.testing.assert_allclose(stacked.grad_norm, sequential.grad_norm, rtol=1e-5)
+    for key in ("grad_norm", "grad_norm_w", "grad_norm_b"):
+        np.testing.assert_allclose(getattr(stacked, key), getattr(sequential, key), rtol=1e-5)
     if not sequential.diverged:
         np.testing.assert_allclose(stacked.w_hat, sequential.w_hat, rtol=1e-5)
         assert stacked.b_hat == pytest.approx(sequential.b_hat, rel=1e-5)

@@ -27,6 +27,8 @@ CONTRACT = {
     "b_error",
     "batch_loss",
     "grad_norm",
+    "grad_norm_w",
+    "grad_norm_b",
     "ols_w_error",
     "ols_b_error",
     "w_hat_0",

@@ -28,6 +28,7 @@ from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
     data_size,
+    gradients,
     huber,
     init,
     lr,
@@ -43,6 +44,7 @@ from pipeline.tracking import StoreError, get_client, tracking_uri
 SECTIONS: list[ModuleType] = [
     lr,
     batch_size,
+    gradients,
     reduction,
     per_sample,
     huber,

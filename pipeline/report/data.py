@@ -31,6 +31,7 @@ class Section:
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     answer: str = ""
     figure: str | None = None  # PNG file name in the output folder
+    code: str = ""  # a Python snippet the answer refers to (shown as a code block)
     numbers: dict[str, float] = field(default_factory=dict)  # the figures quoted in the answer
     answers: dict[str, Any] = field(default_factory=dict)  # its part of answers.json
     run_ids: list[str] = field(default_factory=list)  # the child runs it used
