@@ -29,6 +29,7 @@ from pipeline.config import (
     InitName,
     LossName,
     ModelName,
+    SgdVariant,
     averaging_start,
     effective_lr,
     lr_factor,
@@ -76,6 +77,8 @@ class History:
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
+    probes: dict[str, list[float]] = field(default_factory=dict)  # step diagnostics, at `steps`
+    update_error: str | None = None  # the update that could not be made (training stopped)
 
     @property
     def diverged(self) -> bool:
@@ -105,13 +108,19 @@ def resolve_engine(cfg: DictConfig, stacking: bool) -> None:
     config (and of its hash): a cached stacked run never stands in for a d2l one."""
     engine = EngineName(cfg.train.engine)
     stackable = LossName(cfg.loss.name) in STACKABLE
+    d2l_update = SgdVariant(cfg.model.sgd) == SgdVariant.no_grad
     if engine == EngineName.auto:
-        engine = EngineName.stacked if stacking and stackable else EngineName.d2l
+        engine = EngineName.stacked if stacking and stackable and d2l_update else EngineName.d2l
         cfg.train.engine = engine
     if engine == EngineName.stacked and not stackable:
         raise ConfigError(
             f"train.engine=stacked: loss {cfg.loss.name.value} has no closed form in the stacked "
             f"engine; use train.engine=d2l or auto"
+        )
+    if engine == EngineName.stacked and not d2l_update:
+        raise ConfigError(
+            f"train.engine=stacked: model.sgd={cfg.model.sgd.value} is an experiment on "
+            "the scratch code's own sgd; use train.engine=d2l or auto"
         )
 
 
@@ -279,9 +288,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     log_steps: list[int] = []
     log_loss: list[torch.Tensor] = []
     log_grad: list[torch.Tensor] = []  # norms taken once at the end
+    log_probes: dict[str, list[float]] = {}
     t = 0
     for epoch in range(1, epochs + 1):
-        if not alive:
+        if not alive or step.error is not None:
             break
         # one randperm per epoch: d2l's data_iter order, and the DataLoader's
         order = EpochOrder(torch.randperm(n, generator=gens.batches), batch_size, drop_last)
@@ -298,6 +308,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             if scheduled:
                 lr = base_lr * torch.tensor([f(t - 1) for f in factors], dtype=lr.dtype)
             grad = step.update(lr)
+            if step.error is not None:  # the update raised (model.sgd=without_no_grad)
+                t -= 1
+                break
             if avg_from is not None and t > avg_from:
                 # running mean of the iterates after each model's own start
                 counts += t > start_at  # (K, 1): each model's count of averaged iterates
@@ -308,7 +321,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 log_steps.append(t)
                 log_loss.append(loss)
                 log_grad.append(grad)
-        if alive:
+                for key, value in step.probes().items():
+                    log_probes.setdefault(key, []).append(value)
+        if alive and step.error is None:
             record(epoch, t)
 
     loss_t = torch.stack(log_loss, 1).tolist() if log_loss else [[] for _ in cfgs]
@@ -333,6 +348,8 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.steps, h.batch_loss = log_steps[:keep], loss_t[k][:keep]
         h.grad_norm, h.grad_norm_w = norms["all"][k][:keep], norms["w"][k][:keep]
         h.grad_norm_b = norms["b"][k][:keep]
+        h.probes = {key: values[:keep] for key, values in log_probes.items()}  # K = 1 steps
+        h.update_error = step.error
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b

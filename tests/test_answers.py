@@ -44,6 +44,11 @@ hydra:
       d2l_pair:
         model: linear,scratch
         train.engine: d2l
+      no_grad:
+        model: scratch
+        train.engine: d2l
+        train.epochs: 1
+        model.sgd: no_grad,without_no_grad,rebind,rebind_detach,no_zero_grad
 """
 
 
@@ -121,3 +126,21 @@ def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
     assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
     section = {s.key: s for s in answers[1]}["gradients"]
     assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer
+
+
+def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
+    a = answers[0]["no_grad"]
+    assert set(a) == {"no_grad", "without_no_grad", "rebind", "rebind_detach", "no_zero_grad"}
+    assert all(v["seeds"] == 5 for v in a.values())
+    # in place outside no_grad: autograd refuses at the first update
+    assert a["without_no_grad"]["raises"] and a["without_no_grad"]["updates"] == 0
+    assert "in-place operation" in a["without_no_grad"]["error"]
+    # out of place: the same numbers, but the graph grows with every update
+    assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
+    assert a["rebind"]["graph_nodes_last"] > 100 * a["no_grad"]["graph_nodes_last"] / 7
+    # detach() cuts it: d2l's graph size and d2l's run
+    assert not a["rebind_detach"]["graph_grows"] and a["rebind_detach"]["same_trajectory_as_no_grad"]
+    assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
+    # no zero_grad: the gradients accumulate and the run ends far from the truth
+    assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]
+    assert a["no_zero_grad"]["w_error_vs_no_grad"].startswith("larger")

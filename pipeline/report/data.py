@@ -46,6 +46,7 @@ class Section:
 # the params a section selects runs by, as typed columns
 _COLUMNS: dict[str, tuple[str, Any]] = {
     "model": ("params.model.name", str),
+    "sgd": ("params.model.sgd", str),
     "engine": ("tags.engine", str),
     "loss": ("params.loss.name", str),
     "reduction": ("params.loss.reduction", str),
@@ -93,6 +94,7 @@ class SweepData:
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
             diverged=df.get("tags.diverged") == "true",
+            update_error=df.get("tags.update_error"),
             mse=df.get("metrics.mse"),
             w_error=df.get("metrics.w_error"),
             b_error=df.get("metrics.b_error"),
