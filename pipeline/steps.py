@@ -172,7 +172,8 @@ class ScratchStep:
 
     def probes(self) -> dict[str, float]:
         assert self._last is not None
-        return {"graph_nodes": float(graph_nodes(self._last)), "backward_ms": self._backward_s * 1e3}
+        nodes = float(graph_nodes(self._last))
+        return {"graph_nodes": nodes, "backward_ms": self._backward_s * 1e3}
 
     @property
     def error(self) -> str | None:

@@ -137,9 +137,10 @@ def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
     assert "in-place operation" in a["without_no_grad"]["error"]
     # out of place: the same numbers, but the graph grows with every update
     assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
-    assert a["rebind"]["graph_nodes_last"] > 100 * a["no_grad"]["graph_nodes_last"] / 7
+    assert a["rebind"]["graph_nodes_last"] > 10 * a["no_grad"]["graph_nodes_last"]
     # detach() cuts it: d2l's graph size and d2l's run
-    assert not a["rebind_detach"]["graph_grows"] and a["rebind_detach"]["same_trajectory_as_no_grad"]
+    detached = a["rebind_detach"]
+    assert not detached["graph_grows"] and detached["same_trajectory_as_no_grad"]
     assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
     # no zero_grad: the gradients accumulate and the run ends far from the truth
     assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]

@@ -12,7 +12,6 @@ from pipeline.steps import LinearStep, ScratchStep
 from pipeline.train import History, train_one
 from tests.conftest import compose_cfg
 
-
 THETA0 = torch.tensor([[0.5, -0.2, 0.1]], dtype=torch.float64)  # [w, b] of one model
 
 

@@ -1,4 +1,4 @@
-"""torch.no_grad and detach: why is d2l's sgd wrapped in torch.no_grad(), and what does detach do?"""
+"""torch.no_grad and detach: why d2l's sgd runs under torch.no_grad(), what detach() does."""
 
 from __future__ import annotations
 
@@ -142,8 +142,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         parts.append(
             "Outside `torch.no_grad()` the in-place update `param -= lr * param.grad` "
             + (
-                f"fails at the first update ({w['seeds']} of {w['seeds']} seeds): "
-                f"“{w['error']}”."
+                f"fails at the first update ({w['seeds']} of {w['seeds']} seeds): “{w['error']}”."
                 if w["raises"]
                 else "did not fail here."
             )
