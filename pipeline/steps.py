@@ -29,6 +29,9 @@ from pipeline.data import with_bias_column
 from pipeline.losses import ClampForm, NominalMean, nn_loss, per_sample, reduce
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# what ScratchStep.probes() logs per update; backward_ms measures the machine (reruns skip it)
+SCRATCH_PROBES = ("graph_nodes", "backward_ms")
+TIMED_PROBES = frozenset({"backward_ms"})
 
 
 class EpochOrder:
