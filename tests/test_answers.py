@@ -47,6 +47,14 @@ hydra:
         train.batch_size: 1000
         train.epochs: 1
         optim.lr: 0.3
+      d2l_pair:
+        model: linear,scratch
+        train.engine: d2l
+      no_grad:
+        model: scratch
+        train.engine: d2l
+        train.epochs: 1
+        model.sgd: no_grad,without_no_grad,rebind,rebind_detach,no_zero_grad
 """
 
 
@@ -129,3 +137,37 @@ def test_streamed_memory_stays_at_a_chunk_while_in_memory_grows_with_n(answers: 
     assert "big" not in st  # no 1e8 run in this store
     sections = {s.key: s for s in answers[1]}
     assert "grows with n" in sections["streaming"].answer
+
+
+def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
+    g = answers[0]["gradients"]
+    assert set(g["per_batch_size"]) == {"1", "10", "100"}
+    for cell in g["per_batch_size"].values():
+        assert cell["seeds"] == 5
+        for part in ("w", "b"):
+            assert 0.8 <= cell[f"ratio_{part}"] <= 1.25, cell
+    assert g["matches_theory"] is True
+    assert -0.6 < g["rms_w_slope_vs_B"] < -0.4  # ∝ 1/√B
+    # the two d2l codes produce the same gradients on the same batches
+    assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
+    section = {s.key: s for s in answers[1]}["gradients"]
+    assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer
+
+
+def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
+    a = answers[0]["no_grad"]
+    assert set(a) == {"no_grad", "without_no_grad", "rebind", "rebind_detach", "no_zero_grad"}
+    assert all(v["seeds"] == 5 for v in a.values())
+    # in place outside no_grad: autograd refuses at the first update
+    assert a["without_no_grad"]["raises"] and a["without_no_grad"]["updates"] == 0
+    assert "in-place operation" in a["without_no_grad"]["error"]
+    # out of place: the same numbers, but the graph grows with every update
+    assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
+    assert a["rebind"]["graph_nodes_last"] > 10 * a["no_grad"]["graph_nodes_last"]
+    # detach() cuts it: d2l's graph size and d2l's run
+    detached = a["rebind_detach"]
+    assert not detached["graph_grows"] and detached["same_trajectory_as_no_grad"]
+    assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
+    # no zero_grad: the gradients accumulate and the run ends far from the truth
+    assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]
+    assert a["no_zero_grad"]["w_error_vs_no_grad"].startswith("larger")

@@ -18,6 +18,7 @@ from pipeline.report.data import SweepData
 # sections select their runs by these params, so any sweep's matching runs count.
 BASE: dict[str, Any] = {
     "source": "memory",
+    "sgd": "no_grad",
     "loss": "mse",
     "reduction": "mean",
     "n": 1000,
