@@ -48,6 +48,7 @@ CELLS = {  # grid cells x 5 seeds
     "data_size": 15 * 5,
     "partial_batch": 6 * 5,
     "no_grad": 5 * 5,
+    "streaming": 6 * 5,
     "smoke": 4,
 }
 
