@@ -89,6 +89,8 @@ class DataConfig:
     true_b: float = MISSING  # true bias
     n: int = MISSING  # number of examples
     noise: float = MISSING  # std of the Gaussian label noise (sigma)
+    zero_features: int = MISSING  # extra features whose true weight is 0: d = len(true_w) + this
+    n_val: int = MISSING  # held-out examples from the same distribution (own stream); 0 = none
     outliers: OutliersConfig = field(default_factory=OutliersConfig)  # for Huber to shine
 
 
@@ -121,6 +123,7 @@ class OptimConfig:
     gamma: float = MISSING  # the step schedule's factor per interval, in (0, 1]
     averaging: AveragingName = MISSING  # iterate averaging (Polyak-Ruppert: average_from 0)
     average_from: float = MISSING  # share of the updates after which iterates are averaged
+    weight_decay: float = MISSING  # L2 on the weights (not the bias): adds weight_decay * w to ∇w
 
 
 @dataclass
@@ -258,6 +261,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.noise={cfg.data.noise}: must be a finite number >= 0")
     if len(cfg.data.true_w) < 1:
         raise ConfigError("data.true_w=[]: must hold at least one weight")
+    if cfg.data.zero_features < 0:
+        raise ConfigError(f"data.zero_features={cfg.data.zero_features}: must be >= 0")
+    if cfg.data.n_val < 0:
+        raise ConfigError(f"data.n_val={cfg.data.n_val}: must be >= 0 (0 = no validation set)")
+    if not cfg.optim.weight_decay >= 0:
+        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay}: must be >= 0")
     frac = cfg.data.outliers.fraction
     if not 0 <= frac < 1:
         raise ConfigError(f"data.outliers.fraction={frac}: must be in [0, 1)")

@@ -11,16 +11,20 @@ import torch
 @dataclass(frozen=True)
 class Generators:
     """One independent random stream per purpose, so that changing how batches are drawn never
-    changes the data or the initial weights (and the two models can share all three)."""
+    changes the data or the initial weights (and the two models can share all of them), and
+    the held-out set never changes the training data."""
 
     data: torch.Generator
     init: torch.Generator
     batches: torch.Generator
+    val: torch.Generator  # the held-out (validation) set
 
 
 def make_generators(seed: int) -> Generators:
-    # SeedSequence.spawn gives statistically independent child seeds from one user seed.
-    children = np.random.SeedSequence(seed).spawn(3)
+    # SeedSequence.spawn gives statistically independent child seeds from one user seed; child
+    # i depends on (seed, i) only, so the 4th (val) left the first three, and the data, initial
+    # weights and batches drawn from them, bit for bit what they were with spawn(3).
+    children = np.random.SeedSequence(seed).spawn(4)
     gens = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children]
     return Generators(*gens)
 
@@ -52,7 +56,10 @@ def with_bias_column(X: torch.Tensor) -> torch.Tensor:
 
 
 def ols(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form least squares (w, b): the floor any estimator can reach on this data."""
+    """Closed-form least squares (w, b): the floor any estimator can reach on this data. With
+    d + 1 ≥ n (more parameters than examples) the SVD driver gelsd returns the minimum-norm
+    solution ‖[w, b]‖ among the many that fit the data exactly: what gradient descent from
+    θ = 0 converges to."""
     A = with_bias_column(X)
     sol = torch.linalg.lstsq(A, y, driver="gelsd").solution.reshape(-1)
     return sol[:-1], sol[-1]

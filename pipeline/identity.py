@@ -72,6 +72,9 @@ _LABELS = {
     "optim.lr_scaling": "lr-",
     "optim.reference_batch_size": "ref",
     "train.engine": "",
+    "data.zero_features": "zf",
+    "data.n_val": "nval",
+    "optim.weight_decay": "wd",
 }
 
 

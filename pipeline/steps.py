@@ -15,7 +15,7 @@ codes, K ≥ 1 for the stacked closed form.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -81,6 +81,12 @@ def linreg(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return X @ w + b
 
 
+def l2_penalty(w: torch.Tensor) -> torch.Tensor:
+    """d2l 4.5's weight decay penalty ‖w‖²/2: weight_decay times it, added to the loss, adds
+    weight_decay · w to the weight gradient (what torch.optim.SGD's weight_decay adds)."""
+    return torch.sum(w.pow(2)) / 2
+
+
 def sgd(params: list[torch.Tensor], lr: float) -> None:
     """Minibatch SGD on the gradient of the already reduced loss (no division by batch size:
     the loss's own reduction did it, and a partial batch is divided by its real length)."""
@@ -98,16 +104,19 @@ class ScratchStep:
         self.b = theta0[0, d:].clone().requires_grad_(True)
         self.loss = per_sample(cfg)
         self.reduction, self.batch_size = Reduction(cfg.loss.reduction), int(cfg.train.batch_size)
+        self.weight_decay = float(cfg.optim.weight_decay)
         self._last: torch.Tensor | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         return data_iter(order.index_batches(), X, y)
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._last = reduce(
-            self.loss(linreg(X, self.w, self.b), y), self.reduction, self.batch_size
-        )
-        return self._last.detach().reshape(1)
+        data_loss = reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction, self.batch_size)
+        # d2l 4.5: the penalty joins the loss that is differentiated, not the one reported
+        self._last = data_loss
+        if self.weight_decay:
+            self._last = data_loss + self.weight_decay * l2_penalty(self.w)
+        return data_loss.detach().reshape(1)
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
         assert self._last is not None
@@ -141,7 +150,13 @@ class LinearStep:
             self.layer.bias.copy_(theta0[0, d:])
         self.loss = nn_loss(cfg)
         self.lr = effective_lr(cfg)
-        self.trainer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        # d2l 4.5 (concise): weight decay on the weights only, the bias in its own group
+        self.weight_decay = float(cfg.optim.weight_decay)
+        groups: list[dict[str, Any]] = [
+            {"params": self.layer.weight, "weight_decay": self.weight_decay},
+            {"params": self.layer.bias},
+        ]
+        self.trainer = torch.optim.SGD(groups, lr=self.lr)
         self._last: torch.Tensor | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -165,7 +180,9 @@ class LinearStep:
         self._last.backward()
         layer = self.layer
         assert layer.weight.grad is not None and layer.bias.grad is not None
-        grad = torch.cat([layer.weight.grad.reshape(-1), layer.bias.grad]).reshape(1, -1)
+        # the gradient the step follows: SGD adds weight_decay · w to the weight's own
+        grad_w = layer.weight.grad + self.weight_decay * layer.weight.detach()
+        grad = torch.cat([grad_w.reshape(-1), layer.bias.grad]).reshape(1, -1)
         self.trainer.step()
         return grad
 
@@ -192,6 +209,8 @@ class StackedStep:
     def __init__(self, cfgs: Sequence[DictConfig], theta0: torch.Tensor):
         self.theta = theta0.clone()  # (K, d+1)
         self.form = ClampForm(cfgs, theta0.dtype)
+        decay = [float(c.optim.weight_decay) for c in cfgs]
+        self.weight_decay = torch.tensor(decay, dtype=theta0.dtype)[:, None] if any(decay) else None
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -212,6 +231,8 @@ class StackedStep:
         assert self._batch is not None
         sc, A = self._batch
         grad = sc.T @ A  # (K, d+1): [∇w, ∇b] of every model at once
+        if self.weight_decay is not None:  # L2 on w, not b: weight_decay · w joins ∇w
+            grad[:, :-1] += self.weight_decay * self.theta[:, :-1]
         self.theta = torch.addcmul(self.theta, lr[:, None], grad, value=-1.0)
         return grad
 

@@ -40,6 +40,9 @@ from pipeline.losses import STACKABLE
 from pipeline.steps import EpochOrder, make_step
 
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
+# with a held-out set (data.n_val > 0): its MSE and the generalisation gap val_mse − mse
+# (`mse` is the training set's MSE)
+VAL_METRICS = ("val_mse", "gap")
 MAX_POINTS = 200  # train.log_every=0 (auto): about this many points per logged curve
 # Training runs on one intra-op thread: the tensors are tiny (n x (d+1), K models), so a second
 # thread only adds synchronisation (measured 50x slower per op on a busy 2-core machine), and a
@@ -54,7 +57,7 @@ class Problem:
 
     X: torch.Tensor
     y: torch.Tensor
-    true_w: torch.Tensor
+    true_w: torch.Tensor  # data.true_w, then data.zero_features zeros
     true_b: float
 
 
@@ -73,6 +76,8 @@ class History:
     b_hat: float = math.nan
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
+    ols_mse: float = math.nan  # training MSE of the least-squares (min-norm) fit
+    ols_val_mse: float = math.nan  # its MSE on the held-out set (nan without one)
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
 
     @property
@@ -149,13 +154,37 @@ def torch_dtype(cfg: DictConfig) -> torch.dtype:
     return getattr(torch, cfg.train.dtype.value)
 
 
+def true_weights(cfg: DictConfig) -> torch.Tensor:
+    """data.true_w followed by data.zero_features zeros: features that carry no signal."""
+    d = cfg.data
+    return torch.tensor([*d.true_w, *[0.0] * int(d.zero_features)], dtype=torch_dtype(cfg))
+
+
 def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
     d = cfg.data
-    true_w = torch.tensor(list(d.true_w), dtype=torch_dtype(cfg))
+    true_w = true_weights(cfg)
     X, y = synthetic_data(
         true_w, d.true_b, d.n, d.noise, gens.data, d.outliers.fraction, d.outliers.scale
     )
     return Problem(X, y, true_w, float(d.true_b))
+
+
+def make_validation(cfg: DictConfig, gen: torch.Generator, p: Problem) -> Problem | None:
+    """The held-out set: data.n_val fresh examples from the training data's distribution (the
+    same weights, noise and outlier corruption: generalisation to more of the same), drawn
+    from its own stream; None when data.n_val = 0."""
+    d = cfg.data
+    if d.n_val == 0:
+        return None
+    X, y = synthetic_data(
+        p.true_w, p.true_b, d.n_val, d.noise, gen, d.outliers.fraction, d.outliers.scale
+    )
+    return Problem(X, y, p.true_w, p.true_b)
+
+
+def mse_of(p: Problem, w: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error of the model (w, b) on a data set."""
+    return float(((p.X @ w + b - p.y.reshape(-1)) ** 2).mean())
 
 
 def init_params(cfg: DictConfig, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +233,11 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     K = len(cfgs)
     gens = make_generators(first.seed)
     p = make_problem(first, gens)
+    val = make_validation(first, gens.val, p)
     n, d = p.X.shape
     A, y = with_bias_column(p.X), p.y.reshape(-1, 1)
+    A_val = None if val is None else with_bias_column(val.X)
+    metrics = EPOCH_METRICS + (() if val is None else VAL_METRICS)
     # each config draws its own initial weights from a fresh init stream
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
     step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
@@ -221,7 +253,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     counts = torch.zeros(K, 1, dtype=p.X.dtype)
     start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=p.X.dtype)
     limit = torch.full((K,), math.inf, dtype=p.X.dtype)
-    hists = [History() for _ in cfgs]
+    hists = [History(epochs={key: [] for key in metrics}) for _ in cfgs]
     alive = set(range(K))
     frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
     updates = [0] * K
@@ -241,8 +273,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         return torch.where(averaged[:, None] & (counts > 0), avg, theta)
 
     def record(epoch: int, t: int) -> None:
-        """Full-data metrics of the live models; a non-finite one ends that model. Kept every
-        ``epoch_every`` epochs and at the last one (all of them unless log_every is auto)."""
+        """Full-data metrics of the live models (and held-out ones, at the same parameters); a
+        non-finite one ends that model. Kept every ``epoch_every`` epochs and at the last one
+        (all of them unless log_every is auto)."""
         theta = model_params()
         r = A @ theta.T - y  # (n, K)
         columns = {
@@ -251,7 +284,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
             "b_error": (theta[:, d] - p.true_b).abs(),
         }
-        table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
+        if val is not None and A_val is not None:
+            columns["val_mse"] = ((A_val @ theta.T - val.y) ** 2).mean(0)
+            columns["gap"] = columns["val_mse"] - columns["mse"]
+        table = torch.stack([columns[k] for k in metrics], dim=1).tolist()
         keep = epoch % epoch_every == 0 or epoch == epochs
         for k in sorted(alive):
             if not all(math.isfinite(v) for v in table[k]):
@@ -259,10 +295,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 continue
             if keep:
                 hists[k].epoch_ids.append(epoch)
-                for key, value in zip(EPOCH_METRICS, table[k], strict=True):
+                for key, value in zip(metrics, table[k], strict=True):
                     hists[k].epochs[key].append(value)
         if on_epoch is not None and 0 in alive:
-            on_epoch(epoch, dict(zip(EPOCH_METRICS, table[0], strict=True)))
+            on_epoch(epoch, dict(zip(metrics, table[0], strict=True)))
 
     # plain values: a DictConfig read per update would cost more than the update
     epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
@@ -318,6 +354,8 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     w_ols, b_ols = ols(p.X, p.y)
     ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
     ols_b = abs(p.true_b - float(b_ols))
+    ols_mse = mse_of(p, w_ols, b_ols)
+    ols_val = math.nan if val is None else mse_of(val, w_ols, b_ols)
     theta, last = model_params(), step.params()
     for k, h in enumerate(hists):
         final = frozen.get(k, theta[k])
@@ -331,6 +369,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
+        h.ols_mse, h.ols_val_mse = ols_mse, ols_val
     return hists
 
 

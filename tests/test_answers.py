@@ -41,6 +41,38 @@ hydra:
         train.batch_size: 1,10,100
         train.epochs: 1
         train.min_updates: 3000
+      fitting:
+        data.n: 50
+        data.noise: 1.0
+        data.zero_features: 0,38
+        train.batch_size: 50
+        train.epochs: 1
+        train.min_updates: 400
+        optim.lr: 0.1
+      fitting_remedies:
+        data.n: 50
+        data.noise: 1.0
+        data.zero_features: 38
+        optim.weight_decay: 0.1
+        train.batch_size: 50
+        train.epochs: 1
+        train.min_updates: 400
+        optim.lr: 0.1
+      fitting_minibatch:
+        data.n: 50
+        data.noise: 1.0
+        data.zero_features: 38
+        train.batch_size: 10
+        train.epochs: 1
+        train.min_updates: 400
+        optim.lr: 0.1
+      fitting_underfit:
+        data.n: 50
+        data.noise: 1.0
+        train.batch_size: 50
+        train.epochs: 1
+        train.min_updates: 400
+        optim.lr: 0.001
 """
 
 
@@ -103,3 +135,30 @@ def test_equal_updates_error_falls_with_batch_size_until_ols(answers: Any) -> No
     assert means[2] < 2.5 * b["ols_w_error_theory"]  # ... down to the OLS error
     sections = {s.key: s for s in answers[1]}
     assert "falls with B" in sections["batch_size"].answer
+
+
+def test_fitting_names_an_overfit_and_an_underfit_configuration(answers: Any) -> None:
+    data, sections = answers
+    fit = data["fitting"]
+    over, under = fit["overfit"], fit["underfit"]
+    # d = 40 features for n = 50: fits the noise (train below σ² = 1), val far above it
+    assert over["config"]["d"] == 40 and over["regime"] == "overfit"
+    assert over["train_mse_mean"] < 1.0 and over["val_mse_mean"] > 1.5
+    assert over["gap_mean"] > 3 * over["gap_sd"] / 5**0.5
+    # d = 2 (the true model) at lr 0.001 × 400 updates: has not fitted its training data
+    assert under["config"]["d"] == 2 and under["config"]["lr"] == 0.001
+    assert under["regime"] == "underfit" and under["train_mse_mean"] > 2.0
+    for cell in (over, under):
+        assert cell["seeds"] == [0, 1, 2, 3, 4] and cell["val_mse_sd"] > 0
+    # the true model at lr 0.1 fits well, and least squares on the same data follows theory
+    by_d = fit["by_d"]
+    assert by_d["2"]["regime"] == "good fit"
+    for d, (low, high) in {"2": (0.8, 1.25), "40": (0.5, 2.0)}.items():
+        assert low < by_d[d]["ols_val_mse_mean"] / by_d[d]["theory_ols_val_mse"] < high
+    # the remedies, measured at d = 40: weight decay helps, minibatch noise does not
+    assert fit["weight_decay"]["reduces_val_mse"] is True
+    assert fit["minibatch"]["noise_reduces_overfitting"] is False
+    stop = fit["early_stopping"]
+    assert stop["early_stopped_val_mse_mean"] <= stop["final_val_mse_mean"]
+    answer = {s.key: s for s in sections}["fitting"].answer
+    assert "minibatch noise does NOT prevent overfitting" in answer

@@ -73,6 +73,9 @@ BAD = {
     "data.true_w=[nan,1]": "data.true_w",
     "loss.delta=inf": "loss.delta",
     "data.true_b=-inf": "data.true_b",
+    "data.n_val=-1": "data.n_val",
+    "data.zero_features=-2": "data.zero_features",
+    "optim.weight_decay=-0.1": "optim.weight_decay",
 }
 
 

@@ -16,6 +16,7 @@ from mlflow.entities import Run
 from pipeline.config import ConfigError
 from pipeline.train import (
     EPOCH_METRICS,
+    VAL_METRICS,
     History,
     group_by_schedule,
     resolve_engine,
@@ -30,7 +31,9 @@ def assert_same(stacked: History, sequential: History) -> None:
     assert stacked.diverged_at_step == sequential.diverged_at_step
     assert stacked.updates == sequential.updates
     assert stacked.steps == sequential.steps
-    for key in EPOCH_METRICS:
+    assert stacked.epochs.keys() == sequential.epochs.keys()
+    assert set(EPOCH_METRICS) | set(VAL_METRICS) <= sequential.epochs.keys()  # n_val > 0
+    for key in sequential.epochs:
         assert len(stacked.epochs[key]) == len(sequential.epochs[key])
         np.testing.assert_allclose(stacked.epochs[key], sequential.epochs[key], rtol=1e-5)
     np.testing.assert_allclose(stacked.batch_loss, sequential.batch_loss, rtol=1e-5)
@@ -72,6 +75,8 @@ MIXED = (
         ("train.batch_size=300", "train.drop_last=true"),
         ("train.batch_size=300", "seed=1"),
         ("optim.lr_scaling=sqrt", "train.batch_size=300"),
+        ("optim.weight_decay=0.5", "loss=squared", "loss.reduction=sum", "optim.lr=0.0003"),
+        ("optim.weight_decay=0.2", "train.batch_size=300"),
     ]
 )
 

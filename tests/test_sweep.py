@@ -45,6 +45,7 @@ CELLS = {  # grid cells x 5 seeds
     "init": 3 * 5,
     "data_size": 15 * 5,
     "partial_batch": 6 * 5,
+    "fitting": 16 * 5,
     "smoke": 4,
 }
 

@@ -28,6 +28,7 @@ from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
     data_size,
+    fitting,
     huber,
     init,
     lr,
@@ -50,6 +51,7 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    fitting,
 ]
 
 

@@ -63,6 +63,9 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "zero_features": ("params.data.zero_features", int),
+    "n_val": ("params.data.n_val", int),
+    "weight_decay": ("params.optim.weight_decay", float),
 }
 
 
@@ -93,13 +96,19 @@ class SweepData:
             ),
             diverged=df.get("tags.diverged") == "true",
             mse=df.get("metrics.mse"),
+            val_mse=df.get("metrics.val_mse"),
+            gap=df.get("metrics.gap"),
+            ols_mse=df.get("metrics.ols_mse"),
+            ols_val_mse=df.get("metrics.ols_val_mse"),
             w_error=df.get("metrics.w_error"),
             b_error=df.get("metrics.b_error"),
             updates=df["metrics.updates"].astype(int),
             ols_w_error=df.get("metrics.ols_w_error"),
             diverged_at=df.get("metrics.diverged_at_step"),
             train_time_s=df.get("metrics.train_time_s"),
-            d=df["params.data.true_w"].map(lambda w: len(str(w).split(","))),
+            # features: the true weights, then the zero-weight ones
+            d=df["params.data.true_w"].map(lambda w: len(str(w).split(",")))
+            + (typed["zero_features"] if typed["zero_features"] is not None else 0),
         )
 
     def select(self, **equal: Any) -> pd.DataFrame:

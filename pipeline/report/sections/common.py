@@ -26,6 +26,8 @@ BASE: dict[str, Any] = {
     "min_updates": 0,
     "schedule": "constant",
     "averaging": "none",
+    "weight_decay": 0.0,
+    "zero_features": 0,
 }
 
 
