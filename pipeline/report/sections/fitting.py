@@ -211,11 +211,18 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         for dd, g in by_d.groupby("d")
     }
     regimes = dict(zip(t["d"], t["regime"], strict=True))
+    means = by_d.groupby("d")[["mse", "val_mse"]].mean()
+    train_falls = bool(means["mse"].is_monotonic_decreasing)
+    val_rises = bool(means["val_mse"].is_monotonic_increasing)
     text.append(
         f"With n = {N} noisy examples (σ² = {sigma2:g}) and {UPDATES} full-batch updates at lr "
-        f"{LR:g}, the training MSE falls as features are added ("
+        f"{LR:g}, as features are added the training MSE "
+        + ("falls" if train_falls else "changes")
+        + " ("
         + ", ".join(f"d = {int(r.d)}: {r['train mse']}" for _, r in t.iterrows())
-        + ") while the held-out MSE rises ("
+        + ") while the held-out MSE "
+        + ("rises" if val_rises else "changes")
+        + " ("
         + ", ".join(f"{r['val mse']}" for _, r in t.iterrows())
         + "). By the rule: "
         + ", ".join(f"d = {int(k)} {v}" for k, v in regimes.items())
@@ -228,19 +235,25 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             for dd, g in ols
             if dd + 3 < N
         ]
+        ols_means = by_d.groupby("d")["ols_val_mse"].mean()
+        nearest = int(min(ols_means.index, key=lambda x: abs(x + 1 - N)))
+        peak = int(ols_means.idxmax())
         text.append(
             f"Least squares on the same data follows its theory (val/theory "
-            f"{min(ratio):.2f}–{max(ratio):.2f} for d < n − 2) and peaks where d + 1 reaches n."
+            f"{min(ratio):.2f}–{max(ratio):.2f} for d < n − 2) and its held-out MSE peaks at "
+            f"d = {peak} ({ols_means[peak]:.3g})"
+            + (", where d + 1 reaches n: the interpolation threshold." if peak == nearest else ".")
         )
     short = [
         (int(dd), g)
         for dd, g in by_d.groupby("d")
         if (g["status"] != "converged").sum() > len(g) / 2
+        and g["val_mse"].mean() < g["ols_val_mse"].mean()  # stopping short helped
     ]
     if short:
         text.append(
-            f"Gradient descent stopped at {UPDATES} updates has not reached least squares where "
-            f"most of its seeds have not converged, and there stopping is itself a regulariser "
+            f"Where most seeds of gradient descent have not converged in {UPDATES} updates it "
+            f"has not reached least squares, and stopping short acted as a regulariser "
             f"(val MSE, GD vs OLS on the same data: "
             + "; ".join(
                 f"d = {dd}: {mean_sd(g['val_mse'])} vs {mean_sd(g['ols_val_mse'])}"
@@ -270,10 +283,12 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         pick = max(under, key=lambda k: groups[k]["mse"].mean())
         g = groups[pick]
         s.answers["underfit"] = {"config": config_label(g.iloc[0])} | numbers(g, sigma2)
+        both = g["val_mse"].mean() > UNDERFIT_TRAIN * sigma2
         text.append(
             f"Underfitting, {describe(config_label(g.iloc[0]))}: train MSE {mean_sd(g['mse'])}, "
-            f"val MSE {mean_sd(g['val_mse'])}: both far above σ², the model has not yet fitted "
-            f"even the training data."
+            f"val MSE {mean_sd(g['val_mse'])}: "
+            + ("both" if both else "the training MSE")
+            + " far above σ², the model has not yet fitted even the training data."
         )
         same_d = rows[(rows["d"] == pick[0]) & full & (rows["weight_decay"] == 0)]
         if same_d["lr"].nunique() > 1:
@@ -286,7 +301,8 @@ def build(d: SweepData, s: Section, out: Path) -> None:
                         f"lr {r.lr:g}: train {r['train mse']}, val {r['val mse']} ({r.regime})"
                         for _, r in fixes.iterrows()
                     )
-                    + " (underfitting here is too little lr × updates: more of either helps)."
+                    + " (gradient descent at a small lr moves by lr × updates along one path: "
+                    "more updates would do the same)."
                 )
 
     # --- remedies at d close to n: weight decay, batch size, lr, early stopping -------------
@@ -469,6 +485,8 @@ def mean_curve(d: SweepData, g: pd.DataFrame, key: str) -> tuple[np.ndarray, np.
     """(updates, mean over seeds) of an epoch metric; diverged runs left out."""
     ok = g[~g["diverged"]]
     histories = [d.steps(r, key) for r in ok["run_id"]]
+    if not histories:
+        return np.array([]), np.array([])
     length = min(len(h) for h in histories)
     per_epoch = -(-int(ok["n"].iloc[0]) // int(ok["B"].iloc[0]))
     epochs = np.array([e for e, _ in histories[0][:length]])
