@@ -63,6 +63,7 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "dtype": ("params.train.dtype", str),
 }
 
 
