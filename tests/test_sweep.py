@@ -27,6 +27,8 @@ CONTRACT = {
     "b_error",
     "batch_loss",
     "grad_norm",
+    "grad_norm_w",
+    "grad_norm_b",
     "ols_w_error",
     "ols_b_error",
     "w_hat_0",
@@ -42,9 +44,12 @@ CELLS = {  # grid cells x 5 seeds
     "batch_size": 16 * 5,
     "reduction": 12 * 5,
     "loss": 15 * 5,
-    "init": 3 * 5,
+    "init": 4 * 5,
     "data_size": 15 * 5,
     "partial_batch": 6 * 5,
+    "no_grad": 5 * 5,
+    "torch_losses": 8 * 5,
+    "book": 2 * 5,
     "smoke": 4,
 }
 
