@@ -162,13 +162,15 @@ def _comparison(d: SweepData, s: Section, out: Path) -> tuple[dict[str, Any], st
         ax.plot(
             xs,
             [theory.estimator_error(x, dd, n, sigma, 1.0, float(frac), scale) for x in present],
-            "k_",
-            markersize=14,
+            "kD",
+            markersize=5,
+            zorder=3,
+            label="theory (asymptotic)" if i == 0 else None,
         )
     ax.set_xticks(np.arange(len(LOSSES)) + width * (rows["outliers"].nunique() - 1) / 2)
     ax.set_xticklabels(LOSSES)
     ax.set_yscale("log")
-    ax.set(ylabel="w_error (mean ± sd; — theory)", title="PyTorch's regression losses")
+    ax.set(ylabel="w_error (mean ± sd over seeds)", title="PyTorch's regression losses")
     ax.legend()
     s.figure = save(fig, out, s.key)
 
