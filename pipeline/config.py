@@ -145,7 +145,7 @@ class TrainConfig:
     min_updates: int = MISSING  # more epochs if needed to make at least this many updates
     drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
     log_every: int = (
-        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~200 points)
+        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~100 points)
     )
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
