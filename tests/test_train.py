@@ -35,7 +35,7 @@ def test_scratch_squared_loss_reaches_the_books_loss() -> None:
     assert math.isclose(h.epochs["train_loss"][-1], h.epochs["mse"][-1] / 2, rel_tol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["squared", "mse", "huber", "l1", "smooth_l1"])
+@pytest.mark.parametrize("loss", ["squared", "mse", "huber"])  # l1, smooth_l1: test_stacked
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_scratch_and_linear_trajectories_agree(loss: str, reduction: str) -> None:
     lr = "0.03" if reduction == "mean" else "0.003"
