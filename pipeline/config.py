@@ -25,10 +25,23 @@ class ModelName(str, Enum):
     scratch = "scratch"  # d2l 3.2: raw tensors, linreg, hand-written loss, data_iter and sgd
 
 
+class SgdVariant(str, Enum):
+    """How the scratch model's hand-written ``sgd`` is written: d2l's, or one of the mistakes
+    the autograd experiment measures (``make sweep SWEEP=no_grad``)."""
+
+    no_grad = "no_grad"  # d2l: `with torch.no_grad(): param -= lr * param.grad; grad.zero_()`
+    without_no_grad = "without_no_grad"  # the same in-place update outside torch.no_grad()
+    rebind = "rebind"  # `param = param - lr * param.grad` outside no_grad: joins the graph
+    rebind_detach = "rebind_detach"  # the same, then `.detach().requires_grad_()`: fixed
+    no_zero_grad = "no_zero_grad"  # d2l's update without `param.grad.zero_()`
+
+
 class LossName(str, Enum):
     squared = "squared"  # d2l's squared_loss: (y_hat - y)^2 / 2
     mse = "mse"  # nn.MSELoss: (y_hat - y)^2
     huber = "huber"  # nn.HuberLoss: quadratic inside |r| < delta, linear outside
+    l1 = "l1"  # nn.L1Loss: |y_hat - y|
+    smooth_l1 = "smooth_l1"  # nn.SmoothL1Loss with beta = loss.delta: huber(delta) / delta
 
 
 class Reduction(str, Enum):
@@ -41,6 +54,7 @@ class InitName(str, Enum):
     normal = "normal"  # w ~ N(0, std^2), b = 0 (d2l)
     zeros = "zeros"  # w = 0, b = 0 (exercise: does it still work?)
     xavier = "xavier"  # w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)), b = 0
+    kaiming = "kaiming"  # w ~ N(0, 1 / fan_in): He's init, nonlinearity 'linear' (gain 1), b = 0
 
 
 class EngineName(str, Enum):
@@ -97,13 +111,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: ModelName = MISSING  # which d2l implementation (train.engine=d2l trains with it)
+    sgd: SgdVariant = MISSING  # scratch's sgd as d2l writes it, or a measured mistake
 
 
 @dataclass
 class LossConfig:
     name: LossName = MISSING  # per-sample loss
     reduction: Reduction = MISSING  # how a batch's per-sample losses are combined
-    delta: float = MISSING  # Huber threshold (ignored by the other losses)
+    delta: float = MISSING  # where huber and smooth_l1 turn linear: Huber's delta, SmoothL1's beta
 
 
 @dataclass
@@ -133,7 +148,7 @@ class TrainConfig:
     min_updates: int = MISSING  # more epochs if needed to make at least this many updates
     drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
     log_every: int = (
-        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~200 points)
+        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~100 points)
     )
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
@@ -243,6 +258,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.gamma={cfg.optim.gamma}: must be in (0, 1]")
     if not 0 <= cfg.optim.average_from < 1:
         raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
+    if cfg.model.sgd != SgdVariant.no_grad and cfg.model.name != ModelName.scratch:
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: only model=scratch writes its own sgd "
+            "(model=linear uses torch.optim); allowed with linear: no_grad"
+        )
     n = cfg.data.n
     if n < 1:
         raise ConfigError(f"data.n={n}: must be >= 1")

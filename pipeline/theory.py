@@ -232,6 +232,36 @@ def reshuffle_factor(lr: float, n: int, batch_size: int) -> float:
     return float(m / (m - 1) * ((a - a.mean()) ** 2).sum() / s2) if s2 > 0 else 1.0
 
 
+def gradient_noise_sq(
+    lr: float,
+    batch_size: int,
+    d: int,
+    sigma: float,
+    n: int | None = None,
+    loss: Any = "mse",
+    reduction: Any = "mean",
+) -> tuple[float, float]:
+    """(E‖∇w‖², E(∇b)²) of the minibatch gradient once constant-lr SGD sits at its floor.
+
+    At θ = θ̂ + e the batch gradient is c·(Ĥe − (1/B)Σ z_i ε_i), c = 2·:func:`loss_scale`
+    (2 for MSE mean, 1 for ½-squared, ×B for a sum). Its second moment has two parts:
+    the label noise, c²·fσ²/B per coordinate (f the finite-population factor), which does not
+    shrink as training goes on; and the iterate's own fluctuation e (variances s_k of
+    :func:`noise_floor_var_exact`) seen through Ĥ: for a weight, s_j(1 + 2f/B) + f·Σ_{k≠j}s_k/B;
+    for the bias, s_b + f·Σ_w s_k/B (Gaussian features: Var(x²) = 2, Var(x_j x_k) = 1).
+    The second part is O(η) of the first. Full batch (B = n): 0 (gradient descent converges)."""
+    f = finite_population_factor(n, batch_size) if n is not None else 1.0
+    s = noise_floor_var_exact(lr, batch_size, d, sigma, n, loss, reduction)
+    if not np.all(np.isfinite(s)):
+        return math.inf, math.inf
+    c2 = (2 * loss_scale(loss, reduction, batch_size)) ** 2
+    total = float(s.sum())
+    label = f * sigma**2 / batch_size
+    w = sum(s[j] * (1 + 2 * f / batch_size) + f * (total - s[j]) / batch_size for j in range(d))
+    b = s[d] + f * float(s[:d].sum()) / batch_size
+    return c2 * (float(w) + d * label), c2 * (float(b) + label)
+
+
 # --- 3. OLS -------------------------------------------------------------------------------
 
 
@@ -390,10 +420,19 @@ def effective_sigma2(
 
     Squared losses: the residual variance σ² + p s². Huber (an M-estimator): its asymptotic
     covariance is (E[ψ²]/E[ψ']²)(ZᵀZ)⁻¹, so σ² → E[ψ²]/E[ψ']². With this σ² and the lr of
-    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order)."""
-    if _name(loss) == "huber":
+    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order).
+    SmoothL1 with β = ``delta`` is Huber(δ = β)/β: the same minimiser, the same σ². L1 (least
+    absolute deviations, ψ = sign): E[ψ²] = 1, E[ψ'] = 2 f(0) with f the residual density,
+    so σ² → 1/(4 f(0)²) (πσ²/2 on clean data: 1.25× the OLS error)."""
+    name = _name(loss)
+    if name in ("huber", "smooth_l1"):
         e2, e1 = huber_moments(sigma, delta, fraction, scale)
         return e2 / e1**2
+    if name == "l1":
+        density = (1 - fraction) * _st.norm.pdf(0, scale=sigma) + fraction * _st.norm.pdf(
+            0, scale=math.sqrt(sigma**2 + scale**2)
+        )
+        return 1 / (4 * density**2)
     return sigma**2 + fraction * scale**2
 
 
@@ -411,6 +450,20 @@ def huber_estimator_error(
     """Asymptotic √E‖ŵ − w‖² of the converged Huber M-estimate: √(d · E[ψ²]/E[ψ']² / n)
     (with n − d − 2 for n as in :func:`ols_error_sq`). Clean data with δ ≫ σ: = OLS error."""
     return ols_error(d, n, math.sqrt(effective_sigma2("huber", sigma, fraction, scale, delta)))
+
+
+def estimator_error(
+    loss: Any,
+    d: int,
+    n: int,
+    sigma: float,
+    delta: float = 1.0,
+    fraction: float = 0.0,
+    scale: float = 0.0,
+) -> float:
+    """Asymptotic √E‖ŵ − w‖² of the minimiser of ``loss`` (mse, squared, huber, smooth_l1,
+    l1) on the data: the OLS error with σ² → :func:`effective_sigma2`."""
+    return ols_error(d, n, math.sqrt(effective_sigma2(loss, sigma, fraction, scale, delta)))
 
 
 def huber_reach_updates(distance: float, lr: float, delta: float) -> float:

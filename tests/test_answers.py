@@ -41,6 +41,30 @@ hydra:
         train.batch_size: 1,10,100
         train.epochs: 1
         train.min_updates: 3000
+      d2l_pair:
+        model: linear,scratch
+        train.engine: d2l
+      no_grad:
+        model: scratch
+        train.engine: d2l
+        train.epochs: 1
+        model.sgd: no_grad,without_no_grad,rebind,rebind_detach,no_zero_grad
+      book_scratch:
+        model: scratch
+        loss: squared
+        loss.reduction: nominal
+        train.dtype: float32
+        train.engine: d2l
+      book_concise:
+        model: linear
+        train.dtype: float32
+        train.engine: d2l
+      torch_losses:
+        loss: mse,l1
+        data.outliers.fraction: 0.05
+        train.epochs: 1
+        train.min_updates: 6000
+        optim.averaging: tail
       fitting:
         data.n: 50
         data.noise: 1.0
@@ -135,6 +159,70 @@ def test_equal_updates_error_falls_with_batch_size_until_ols(answers: Any) -> No
     assert means[2] < 2.5 * b["ols_w_error_theory"]  # ... down to the OLS error
     sections = {s.key: s for s in answers[1]}
     assert "falls with B" in sections["batch_size"].answer
+
+
+def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
+    g = answers[0]["gradients"]
+    assert set(g["per_batch_size"]) == {"1", "10", "100"}
+    for cell in g["per_batch_size"].values():
+        assert cell["seeds"] == 5
+        for part in ("w", "b"):
+            assert 0.8 <= cell[f"ratio_{part}"] <= 1.25, cell
+    assert g["matches_theory"] is True
+    assert -0.6 < g["rms_w_slope_vs_B"] < -0.4  # ∝ 1/√B
+    # the two d2l codes produce the same gradients on the same batches
+    assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
+    section = {s.key: s for s in answers[1]}["gradients"]
+    assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer
+
+
+def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
+    a = answers[0]["no_grad"]
+    assert set(a) == {"no_grad", "without_no_grad", "rebind", "rebind_detach", "no_zero_grad"}
+    assert all(v["seeds"] == 5 for v in a.values())
+    # in place outside no_grad: autograd refuses at the first update
+    assert a["without_no_grad"]["raises"] and a["without_no_grad"]["updates"] == 0
+    assert "in-place operation" in a["without_no_grad"]["error"]
+    # out of place: the same numbers, but the graph grows with every update
+    assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
+    assert a["rebind"]["graph_nodes_last"] > 10 * a["no_grad"]["graph_nodes_last"]
+    # detach() cuts it: d2l's graph size and d2l's run
+    detached = a["rebind_detach"]
+    assert not detached["graph_grows"] and detached["same_trajectory_as_no_grad"]
+    assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
+    # no zero_grad: the gradients accumulate and the run ends far from the truth
+    assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]
+    assert a["no_zero_grad"]["w_error_vs_no_grad"].startswith("larger")
+
+
+def test_the_book_sits_inside_our_seeds_and_the_half_is_measured(answers: Any) -> None:
+    book = answers[0]["book"]
+    assert book["seeds"] == 5
+    # every printed value is inside the 95% prediction interval of one more seed
+    assert all(book["book_inside"].values()) and len(book["book_inside"]) == 6
+    # epoch 3 sits at the noise floor computed from σ (σ²/2 for ½-squared, σ² for MSE)
+    assert book["floor"]["3.2"] == pytest.approx(0.01**2 / 2, rel=0.01)
+    assert book["floor"]["3.3"] == pytest.approx(0.01**2, rel=0.01)
+    for chapter in ("3.2", "3.3"):
+        assert 0.9 < book["ours_over_floor"][chapter] < 1.1
+    # the ½: the same fit printed at half scale once both are at the floor
+    assert book["half_ratio_epoch3_mean"] == pytest.approx(2, rel=0.03)
+    assert book["mse_ratio_epoch3_mean"] == pytest.approx(1, rel=0.02)
+    # ... and half the gradient: after epoch 1 3.2 is far behind, not at half of 3.3's loss
+    assert book["half_ratio_by_epoch"][0] < 0.05
+
+
+def test_catalogue_and_the_robust_losses_with_outliers(answers: Any) -> None:
+    cat = answers[0]["catalogue"]
+    assert set(cat["trained_losses"]) == {"HuberLoss", "L1Loss", "MSELoss", "SmoothL1Loss"}
+    five = cat["comparison"]["0.05"]
+    assert five["l1"]["vs_mse"] == "smaller error than MSE" and five["l1"]["seeds"] == 5
+    assert five["l1"]["mse_over_loss"] > 10  # 5% of labels with N(0, 10²) noise
+    # MSE's error is the OLS error with σ² + p·s²; L1 sits near its LAD line (below it: SGD
+    # smooths |r|), and its last iterate stays about lr away while the average does not
+    assert 0.5 < five["mse"]["w_error_rms"] / five["mse"]["theory"] < 2
+    assert 0.5 < five["l1"]["w_error_rms"] / five["l1"]["theory"] < 2
+    assert five["l1"]["last_iterate_mean"] > 10 * five["l1"]["w_error_mean"]
 
 
 def test_fitting_names_an_overfit_and_an_underfit_configuration(answers: Any) -> None:

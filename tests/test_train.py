@@ -6,9 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from pipeline.steps import LinearStep, ScratchStep
 from pipeline.train import History, train_one
 from tests.conftest import compose_cfg
+
+THETA0 = torch.tensor([[0.5, -0.2, 0.1]], dtype=torch.float64)  # [w, b] of one model
 
 
 def curves(h: History) -> np.ndarray:
@@ -31,7 +35,7 @@ def test_scratch_squared_loss_reaches_the_books_loss() -> None:
     assert math.isclose(h.epochs["train_loss"][-1], h.epochs["mse"][-1] / 2, rel_tol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["squared", "mse", "huber"])
+@pytest.mark.parametrize("loss", ["squared", "mse", "huber"])  # l1, smooth_l1: test_stacked
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_scratch_and_linear_trajectories_agree(loss: str, reduction: str) -> None:
     lr = "0.03" if reduction == "mean" else "0.003"
@@ -41,7 +45,8 @@ def test_scratch_and_linear_trajectories_agree(loss: str, reduction: str) -> Non
     np.testing.assert_allclose(s.epochs["train_loss"], n.epochs["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(curves(s), curves(n), rtol=1e-5)
     np.testing.assert_allclose(s.batch_loss, n.batch_loss, rtol=1e-5)
-    np.testing.assert_allclose(s.grad_norm, n.grad_norm, rtol=1e-5)
+    for key in ("grad_norm", "grad_norm_w", "grad_norm_b"):
+        np.testing.assert_allclose(getattr(s, key), getattr(n, key), rtol=1e-5)
     assert s.steps == n.steps
 
 
@@ -101,10 +106,26 @@ def test_drop_last_drops_the_partial_batch(model: str) -> None:
     assert same.epochs == keep.epochs
 
 
-@pytest.mark.parametrize("init", ["normal", "zeros", "xavier"])
+@pytest.mark.parametrize("init", ["normal", "zeros", "xavier", "kaiming"])
 def test_every_init_converges(init: str) -> None:
     h = train_one(compose_cfg(f"init={init}"))
     assert h.epochs["w_error"][-1] < 5e-3
+
+
+def test_kaiming_is_torchs_kaiming_normal_with_gain_1() -> None:
+    from pipeline.data import make_generators
+    from pipeline.train import init_params
+
+    cfg = compose_cfg("init=kaiming", "data.true_w=[1.0,2.0,3.0,4.0]")
+    w, b = init_params(cfg, 4, make_generators(cfg.seed).init)
+    expected = torch.empty(1, 4, dtype=torch.float64)
+    torch.nn.init.kaiming_normal_(
+        expected, nonlinearity="linear", generator=make_generators(cfg.seed).init
+    )
+    assert torch.equal(w, expected.reshape(-1)) and float(b) == 0.0
+    # fan_in = d = 4 and gain 1: std 1/√4 over seeds (d2l's normal init: 0.01)
+    draws = torch.stack([init_params(cfg, 4, make_generators(k).init)[0] for k in range(500)])
+    assert float(draws.std()) == pytest.approx(0.5, rel=0.05)
 
 
 def test_zero_init_starts_at_zero() -> None:
@@ -126,11 +147,11 @@ def test_same_seed_same_result_different_seed_different_data() -> None:
 
 
 def test_log_every_auto_caps_every_curve() -> None:
-    # 0 = auto: B=1 for 5 epochs is 5000 updates -> every 25th; 1000 epochs -> every 5th
+    # 0 = auto: B=1 for 5 epochs is 5000 updates -> every 50th; 1000 epochs -> every 5th
     h = train_one(compose_cfg("train.batch_size=1", "train.epochs=5"))
-    assert h.steps == list(range(25, 5001, 25)) and len(h.epochs["mse"]) == 6
+    assert h.steps == list(range(50, 5001, 50)) and len(h.epochs["mse"]) == 6
     long = train_one(compose_cfg("train.batch_size=1000", "train.epochs=1000", "optim.lr=0.5"))
-    assert long.epoch_ids == list(range(0, 1001, 5)) and len(long.steps) == 200
+    assert long.epoch_ids == list(range(0, 1001, 5)) and len(long.steps) == 100
 
 
 def test_nominal_reduction_shortens_the_partial_batch_step() -> None:
@@ -160,6 +181,30 @@ def test_divergence_stops_early_and_returns_inf() -> None:
     assert h.updates == h.diverged_at_step - 1 < 300
     assert h.final_mse == math.inf
     assert all(math.isfinite(v) for vs in h.epochs.values() for v in vs)
+
+
+@pytest.mark.parametrize("loss", ["squared", "mse", "huber"])
+def test_scratch_and_linear_gradients_are_equal_on_the_same_batch(loss: str) -> None:
+    """d2l 3.3 exercise 3: the gradient lives in ``w.grad``/``b.grad`` (scratch) and in
+    ``net[0].weight.grad``/``net[0].bias.grad`` (linear); both are the same numbers."""
+    common = (f"loss={loss}", "seed=2")
+    scratch = ScratchStep(compose_cfg("model=scratch", *common), THETA0)
+    linear = LinearStep(compose_cfg("model=linear", *common), THETA0)
+    X = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = X @ torch.tensor([2.0, -3.4], dtype=torch.float64) + 4.2
+    # the batch loss, then backward() as each step does (their update() zeroes the grads after)
+    scratch.batch_loss(X, y.reshape(-1, 1))
+    linear.batch_loss(X, y.reshape(-1, 1))
+    assert scratch._last is not None and linear._last is not None
+    scratch._last.backward()
+    linear._last.backward()
+    w_grad, b_grad = scratch.w.grad, scratch.b.grad
+    weight_grad, bias_grad = linear.net[0].weight.grad, linear.net[0].bias.grad
+    assert w_grad is not None and b_grad is not None
+    assert weight_grad is not None and bias_grad is not None
+    assert float(w_grad.abs().max()) > 0.1  # far from the optimum: a real gradient
+    torch.testing.assert_close(w_grad.reshape(-1), weight_grad.reshape(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(b_grad.reshape(-1), bias_grad.reshape(-1), rtol=1e-12, atol=0)
 
 
 # --- held-out set, zero-weight features, weight decay ---------------------------------------

@@ -27,12 +27,16 @@ from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
+    book,
+    catalogue,
     data_size,
     fitting,
+    gradients,
     huber,
     init,
     lr,
     newton,
+    no_grad,
     partial_batch,
     per_sample,
     reduction,
@@ -44,6 +48,8 @@ from pipeline.tracking import StoreError, get_client, tracking_uri
 SECTIONS: list[ModuleType] = [
     lr,
     batch_size,
+    gradients,
+    no_grad,
     reduction,
     per_sample,
     huber,
@@ -51,6 +57,8 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    catalogue,
+    book,
     fitting,
 ]
 

@@ -74,6 +74,7 @@ def noise_floor_cells(d: SweepData) -> pd.DataFrame:
         schedule="constant",
         averaging="none",
         loss=["mse", "squared"],
+        dtype="float64",
         weight_decay=0.0,  # the floor theory has no weight decay ...
         zero_features=0,  # ... and assumes few features against n
     )
