@@ -45,6 +45,7 @@ CELLS = {  # grid cells x 5 seeds
     "init": 3 * 5,
     "data_size": 15 * 5,
     "partial_batch": 6 * 5,
+    "optimizers": 45 * 5,
     "smoke": 4,
 }
 
@@ -74,7 +75,7 @@ def test_each_preset_yields_its_jobs(preset: str) -> None:
 def test_faq_is_the_union_of_all_presets() -> None:
     faq = preset_jobs("faq")
     assert len(faq) == sum(n for p, n in CELLS.items() if p != "smoke")
-    assert 300 <= len({tuple(o) for _, o in faq}) <= 600  # "a few hundred runs"
+    assert 300 <= len({tuple(o) for _, o in faq}) <= 800  # "a few hundred runs"
     # every cell of every question runs 5 seeds
     seeds = [next(o for o in overrides if o.startswith("seed=")) for _, overrides in faq]
     assert {s: seeds.count(s) for s in set(seeds)} == {f"seed={i}": len(faq) // 5 for i in range(5)}

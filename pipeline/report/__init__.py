@@ -32,6 +32,7 @@ from pipeline.report.sections import (
     init,
     lr,
     newton,
+    optimizers,
     partial_batch,
     per_sample,
     reduction,
@@ -50,6 +51,7 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    optimizers,
 ]
 
 
