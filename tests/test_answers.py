@@ -45,11 +45,13 @@ hydra:
       optimizers_sgd:
         train.epochs: 1
         train.min_updates: 1000
+        train.log_every: 50
         optim.lr: 0.01,0.03,1
       optimizers_adam:
         optim: adam
         train.epochs: 1
         train.min_updates: 1000
+        train.log_every: 50
         optim.lr: 0.01,0.03,1
 """
 
