@@ -25,6 +25,17 @@ class ModelName(str, Enum):
     scratch = "scratch"  # d2l 3.2: raw tensors, linreg, hand-written loss, data_iter and sgd
 
 
+class SgdVariant(str, Enum):
+    """How the scratch model's hand-written ``sgd`` is written: d2l's, or one of the mistakes
+    the autograd experiment measures (``make sweep SWEEP=no_grad``)."""
+
+    no_grad = "no_grad"  # d2l: `with torch.no_grad(): param -= lr * param.grad; grad.zero_()`
+    without_no_grad = "without_no_grad"  # the same in-place update outside torch.no_grad()
+    rebind = "rebind"  # `param = param - lr * param.grad` outside no_grad: joins the graph
+    rebind_detach = "rebind_detach"  # the same, then `.detach().requires_grad_()`: fixed
+    no_zero_grad = "no_zero_grad"  # d2l's update without `param.grad.zero_()`
+
+
 class LossName(str, Enum):
     squared = "squared"  # d2l's squared_loss: (y_hat - y)^2 / 2
     mse = "mse"  # nn.MSELoss: (y_hat - y)^2
@@ -102,6 +113,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: ModelName = MISSING  # which d2l implementation (train.engine=d2l trains with it)
+    sgd: SgdVariant = MISSING  # scratch's sgd as d2l writes it, or a measured mistake
 
 
 @dataclass
@@ -143,7 +155,7 @@ class TrainConfig:
     min_updates: int = MISSING  # more epochs if needed to make at least this many updates
     drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
     log_every: int = (
-        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~200 points)
+        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~100 points)
     )
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
@@ -263,6 +275,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.eps={o.eps}: must be > 0")
     if not 0 <= cfg.optim.average_from < 1:
         raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
+    if cfg.model.sgd != SgdVariant.no_grad and cfg.model.name != ModelName.scratch:
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: only model=scratch writes its own sgd "
+            "(model=linear uses torch.optim); allowed with linear: no_grad"
+        )
+    if cfg.model.sgd != SgdVariant.no_grad and (
+        OptimizerName(o.name) != OptimizerName.sgd or o.momentum != 0
+    ):
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: the sgd variants are plain SGD (optim=sgd, "
+            f"optim.momentum=0); allowed with optim={o.name.value}: no_grad"
+        )
     n = cfg.data.n
     if n < 1:
         raise ConfigError(f"data.n={n}: must be >= 1")

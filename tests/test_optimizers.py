@@ -110,6 +110,7 @@ def test_adam_with_a_frozen_state_that_overflowed_does_not_move() -> None:
         (("optim=adam", "optim.beta2=1.0"), "optim.beta2=1.0"),
         (("optim=rmsprop", "optim.alpha=-0.1"), "optim.alpha=-0.1"),
         (("optim=adagrad", "optim.eps=0"), "optim.eps=0"),
+        (("model=scratch", "model.sgd=rebind", "optim=adam"), "model.sgd=rebind: the sgd"),
     ],
 )
 def test_bad_hyperparameters_are_one_line_errors(overrides: tuple[str, ...], key: str) -> None:

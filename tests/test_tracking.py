@@ -20,7 +20,7 @@ from pipeline.views import CONFIG_METRICS
 from tests.conftest import compose_cfg
 
 EPOCH = {"train_loss", "mse", "w_error", "b_error"}
-STEP = {"batch_loss", "grad_norm"}
+STEP = {"batch_loss", "grad_norm", "grad_norm_w", "grad_norm_b"}
 FINAL = {"ols_w_error", "ols_b_error", "w_hat_0", "w_hat_1", "b_hat", "updates", "train_time_s"}
 # config values also logged as metrics, so the UI sorts and filters them as numbers
 CONFIG = set(CONFIG_METRICS)
@@ -193,25 +193,20 @@ def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path
     assert only_run(client).info.status == "KILLED"
 
 
-def test_cli_runs_the_default_job(client: mlflow.MlflowClient, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "model=scratch",
-            "loss=squared",
-            f"hydra.run.dir={tmp_path}/h",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+def test_cli_runs_the_default_job(
+    client: mlflow.MlflowClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command line's entry point, in this process (test_sweep runs the real one)."""
+    from tests.test_reliability import run_cli
+
+    assert run_cli(monkeypatch, "model=scratch", "loss=squared", f"hydra.run.dir={tmp_path}/h") == 0
+    stdout = capsys.readouterr().out
     run = only_run(client)
-    assert f"mlflow run {run.info.run_id}" in proc.stdout
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert f"mlflow run {run.info.run_id}" in stdout
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 4
     assert run.data.metrics["train_loss"] < 1e-4
     assert f"loss {run.data.metrics['train_loss']:f}" in lines[-1]
