@@ -40,6 +40,8 @@ class LossName(str, Enum):
     squared = "squared"  # d2l's squared_loss: (y_hat - y)^2 / 2
     mse = "mse"  # nn.MSELoss: (y_hat - y)^2
     huber = "huber"  # nn.HuberLoss: quadratic inside |r| < delta, linear outside
+    l1 = "l1"  # nn.L1Loss: |y_hat - y|
+    smooth_l1 = "smooth_l1"  # nn.SmoothL1Loss with beta = loss.delta: huber(delta) / delta
 
 
 class Reduction(str, Enum):
@@ -52,6 +54,7 @@ class InitName(str, Enum):
     normal = "normal"  # w ~ N(0, std^2), b = 0 (d2l)
     zeros = "zeros"  # w = 0, b = 0 (exercise: does it still work?)
     xavier = "xavier"  # w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)), b = 0
+    kaiming = "kaiming"  # w ~ N(0, 1 / fan_in): He's init, nonlinearity 'linear' (gain 1), b = 0
 
 
 class EngineName(str, Enum):
@@ -120,7 +123,7 @@ class ModelConfig:
 class LossConfig:
     name: LossName = MISSING  # per-sample loss
     reduction: Reduction = MISSING  # how a batch's per-sample losses are combined
-    delta: float = MISSING  # Huber threshold (ignored by the other losses)
+    delta: float = MISSING  # where huber and smooth_l1 turn linear: Huber's delta, SmoothL1's beta
 
 
 @dataclass

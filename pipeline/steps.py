@@ -437,7 +437,7 @@ class StackedRule:
 
 class StackedStep:
     """K configs that share data and batch order (see ``pipeline.train.schedule_key``), each
-    with its own lr, optimiser, loss, reduction, Huber δ and initial weights."""
+    with its own lr, optimiser, loss, reduction, Huber δ (SmoothL1 β) and initial weights."""
 
     def __init__(self, cfgs: Sequence[DictConfig], theta0: torch.Tensor):
         self.theta = theta0.clone()  # (K, d+1)
@@ -457,7 +457,7 @@ class StackedStep:
         c = self.form.clamp(r)
         sc = self.form.scale(len(A)) * c  # dLoss/dprediction
         self._batch = (sc, A)
-        return torch.linalg.vecdot(sc, torch.add(r, c, alpha=-0.5), dim=0)
+        return torch.linalg.vecdot(sc, self.form.rest(r, c), dim=0)
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
         assert self._batch is not None

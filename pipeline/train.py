@@ -174,13 +174,28 @@ def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
     return Problem(X, y, true_w, float(d.true_b))
 
 
+# the torch.nn.init function behind each init (the report's catalogue marks them as trained here)
+TORCH_INITS: dict[InitName, Callable[..., torch.Tensor]] = {
+    InitName.normal: torch.nn.init.normal_,
+    InitName.zeros: torch.nn.init.zeros_,
+    InitName.xavier: torch.nn.init.xavier_uniform_,
+    InitName.kaiming: torch.nn.init.kaiming_normal_,
+}
+
+
 def init_params(cfg: DictConfig, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial (w, b), drawn from the config's own init stream."""
     w = torch.zeros(1, d, dtype=torch_dtype(cfg))  # nn.Linear's (out, in) layout for fan-in/out
-    if cfg.init.name == InitName.normal:
-        torch.nn.init.normal_(w, 0.0, cfg.init.std, generator=gen)
-    elif cfg.init.name == InitName.xavier:
-        torch.nn.init.xavier_uniform_(w, gain=cfg.init.gain, generator=gen)
+    name = InitName(cfg.init.name)
+    fill = TORCH_INITS[name]
+    if name == InitName.normal:
+        fill(w, 0.0, cfg.init.std, generator=gen)
+    elif name == InitName.xavier:
+        fill(w, gain=cfg.init.gain, generator=gen)
+    elif name == InitName.kaiming:
+        # std = gain/√fan_in with fan_in = d; gain 1 ('linear') is He's choice for a layer
+        # with no nonlinearity after it (the default 'leaky_relu' would give √2)
+        fill(w, mode="fan_in", nonlinearity="linear", generator=gen)
     return w.reshape(-1), torch.zeros((), dtype=w.dtype)
 
 

@@ -27,6 +27,8 @@ from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
+    book,
+    catalogue,
     data_size,
     gradients,
     huber,
@@ -55,6 +57,8 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    catalogue,
+    book,
     optimizers,
 ]
 

@@ -65,6 +65,7 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "dtype": ("params.train.dtype", str),
     "optimizer": ("params.optim.name", str),
     "momentum": ("params.optim.momentum", float),
     "beta1": ("params.optim.beta1", float),
