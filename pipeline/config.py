@@ -77,6 +77,13 @@ class ScheduleName(str, Enum):
     cosine = "cosine"  # lr * (1 + cos(pi t / T)) / 2 over the run's T updates
 
 
+class OptimizerName(str, Enum):
+    sgd = "sgd"  # torch.optim.SGD: θ -= lr·g, or heavy ball with optim.momentum (d2l 11.6)
+    adam = "adam"  # torch.optim.Adam: bias-corrected running means of g and g² (d2l 11.10)
+    adagrad = "adagrad"  # torch.optim.Adagrad: g over the root of the sum of all g² (d2l 11.7)
+    rmsprop = "rmsprop"  # torch.optim.RMSprop: g over the root of a running mean of g² (d2l 11.8)
+
+
 class AveragingName(str, Enum):
     none = "none"  # the model is the last iterate
     tail = "tail"  # the model is the mean of the iterates after optim.average_from of training
@@ -130,7 +137,13 @@ class InitConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = MISSING  # SGD learning rate, before lr_scaling
+    name: OptimizerName = MISSING  # the update rule (conf/optim/<name>.yaml: torch's defaults)
+    lr: float = MISSING  # learning rate, before lr_scaling
+    momentum: float = MISSING  # sgd: heavy-ball momentum in [0, 1) (dampening 0); 0 = plain SGD
+    beta1: float = MISSING  # adam: decay of the running mean of g, in [0, 1)
+    beta2: float = MISSING  # adam: decay of the running mean of g², in [0, 1)
+    alpha: float = MISSING  # rmsprop: decay of the running mean of g², in [0, 1)
+    eps: float = MISSING  # adam, adagrad, rmsprop: added to the root in the denominator, > 0
     lr_scaling: LrScaling = MISSING  # how the lr follows the batch size
     reference_batch_size: int = MISSING  # the B at which lr_scaling leaves lr unchanged
     schedule: ScheduleName = MISSING  # how the lr changes over the updates
@@ -256,12 +269,29 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.decay_updates={cfg.optim.decay_updates}: must be >= 1")
     if not 0 < cfg.optim.gamma <= 1:
         raise ConfigError(f"optim.gamma={cfg.optim.gamma}: must be in (0, 1]")
+    o = cfg.optim
+    for key in ("momentum", "beta1", "beta2", "alpha"):
+        if not 0 <= o[key] < 1:
+            raise ConfigError(f"optim.{key}={o[key]}: must be in [0, 1)")
+    if o.momentum != 0 and OptimizerName(o.name) != OptimizerName.sgd:
+        raise ConfigError(
+            f"optim.momentum={o.momentum}: only optim=sgd takes momentum (optim={o.name.value})"
+        )
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps={o.eps}: must be > 0")
     if not 0 <= cfg.optim.average_from < 1:
         raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
     if cfg.model.sgd != SgdVariant.no_grad and cfg.model.name != ModelName.scratch:
         raise ConfigError(
             f"model.sgd={cfg.model.sgd.value}: only model=scratch writes its own sgd "
             "(model=linear uses torch.optim); allowed with linear: no_grad"
+        )
+    if cfg.model.sgd != SgdVariant.no_grad and (
+        OptimizerName(o.name) != OptimizerName.sgd or o.momentum != 0
+    ):
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: the sgd variants are plain SGD (optim=sgd, "
+            f"optim.momentum=0); allowed with optim={o.name.value}: no_grad"
         )
     n = cfg.data.n
     if n < 1:

@@ -4,6 +4,7 @@ against theory (stability bound, SGD noise floor, equal-update batch comparison)
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,17 @@ hydra:
         train.epochs: 1
         train.min_updates: 6000
         optim.averaging: tail
+      optimizers_sgd:
+        train.epochs: 1
+        train.min_updates: 1000
+        train.log_every: 50
+        optim.lr: 0.01,0.03,1
+      optimizers_adam:
+        optim: adam
+        train.epochs: 1
+        train.min_updates: 1000
+        train.log_every: 50
+        optim.lr: 0.01,0.03,1
       fitting:
         data.n: 50
         data.noise: 1.0
@@ -223,6 +235,30 @@ def test_catalogue_and_the_robust_losses_with_outliers(answers: Any) -> None:
     assert 0.5 < five["mse"]["w_error_rms"] / five["mse"]["theory"] < 2
     assert 0.5 < five["l1"]["w_error_rms"] / five["l1"]["theory"] < 2
     assert five["l1"]["last_iterate_mean"] > 10 * five["l1"]["w_error_mean"]
+
+
+def test_optimizer_windows_follow_the_rule_and_the_runs(answers: Any) -> None:
+    data, sections = answers
+    opt = data["optimizers"]
+    assert set(opt) == {"sgd", "adam"}
+    for a in opt.values():
+        lo, hi = a["window"]
+        assert a["width_decades"] == pytest.approx(math.log10(hi / lo))
+        assert lo <= a["best_lr"] <= hi and a["seeds"] == 5 and a["runs"] == 15
+        assert {lo, hi} <= set(a["good_lrs"])
+        ilo, ihi = a["window_interpolated"]  # between the window and its bad neighbours
+        assert ilo <= lo and ihi >= hi and a["width_interpolated_decades"] >= a["width_decades"]
+    sgd, adam = opt["sgd"], opt["adam"]
+    # what these runs show: SGD diverges at lr 1 (above its mean-square bound 0.71 for B = 10)
+    # and is within 2x of its best at 0.01 and 0.03; Adam diverges nowhere, but its error
+    # grows faster with lr above its best (step ~ lr per coordinate: floor ∝ lr, not √lr)
+    assert sgd["diverged_runs"] == 5 and adam["diverged_runs"] == 0
+    assert sgd["window"] == [0.01, 0.03] and adam["window"] == [0.03, 0.03]
+    assert adam["slope_above_best"] > 2 * sgd["slope_above_best"]
+    # SGD's theory (transient + floor) puts its window around the measured one
+    assert sgd["theory_window"][0] <= 0.01 and sgd["theory_window"][1] >= 0.03
+    answer = {s.key: s for s in sections}["optimizers"].answer
+    assert "Widest: sgd." in answer and "no run of adam diverged" in answer
 
 
 def test_fitting_names_an_overfit_and_an_underfit_configuration(answers: Any) -> None:

@@ -50,7 +50,13 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert run.info.run_name == "linear-mse-lr0.03-bs10-log_every2-s0"
     # params: every leaf of the resolved config, with dots, and the short choice names
     leaves = {k: str(v) for k, v in flatten(to_container(cfg)).items()}
-    short = {"model": "linear", "loss": "mse", "reduction": "mean", "init": "normal"}
+    short = {
+        "model": "linear",
+        "loss": "mse",
+        "reduction": "mean",
+        "init": "normal",
+        "optim": "sgd",
+    }
     assert run.data.params == leaves | short
     for key in (
         "optim.lr",

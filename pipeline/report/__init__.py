@@ -37,6 +37,7 @@ from pipeline.report.sections import (
     lr,
     newton,
     no_grad,
+    optimizers,
     partial_batch,
     per_sample,
     reduction,
@@ -59,6 +60,7 @@ SECTIONS: list[ModuleType] = [
     partial_batch,
     catalogue,
     book,
+    optimizers,
     fitting,
 ]
 
