@@ -29,8 +29,9 @@ log = logging.getLogger("pipeline")
 def print_epoch(epoch: int, m: dict[str, float]) -> None:
     loss = m["train_loss"]
     shown = f"{loss:f}" if abs(loss) < 1e4 else f"{loss:.3e}"  # d2l prints {:f}
+    val = f", val mse {m['val_mse']:.3g}" if "val_mse" in m else ""
     log.info(
-        f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}, "
+        f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}{val}, "
         f"w error {m['w_error']:.3g}, b error {m['b_error']:.3g}"
     )
 

@@ -54,6 +54,10 @@ class DataSource(Protocol):
         """(w, b) of the least-squares fit of all n examples."""
         ...
 
+    def mse(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        """Mean squared error of the model (w, b) on all n examples."""
+        ...
+
 
 @dataclass
 class MemorySource:
@@ -84,6 +88,9 @@ class MemorySource:
 
     def ols(self) -> tuple[torch.Tensor, torch.Tensor]:
         return ols(self.X, self.y)
+
+    def mse(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((self.X @ w + b - self.y.reshape(-1)) ** 2).mean())
 
 
 class StreamSource:
@@ -135,7 +142,7 @@ class StreamSource:
         needs no pass of its own."""
         moments = None
         if self._moments is None:
-            moments = NormalEquations(len(self.true_w), self.true_w.dtype)
+            moments = NormalEquations(len(self.true_w))
         for i in range(self.num_chunks):
             X, y = self.chunk(i)
             if moments is not None:
@@ -156,12 +163,22 @@ class StreamSource:
     ) -> Iterator[Batch]:
         return step.stream_batches(self.shuffled(gen, batch_size, drop_last))
 
-    def ols(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def moments(self) -> NormalEquations:
+        """The normal equations of all n examples (a pass over the chunks, unless one was
+        already made)."""
         if self._moments is None:
             for _ in self.chunks():
                 pass
         assert self._moments is not None
-        return self._moments.solve()
+        return self._moments
+
+    def ols(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = self.moments().solve()
+        return w.to(self.true_w.dtype), b.to(self.true_w.dtype)
+
+    def mse(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        """From the sufficient statistics: no pass over the data."""
+        return self.moments().mse(w, b)
 
     def materialise(self) -> MemorySource:
         """The same n examples, all in memory (for checks on small n: both sources must give

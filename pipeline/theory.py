@@ -279,6 +279,36 @@ def ols_error(d: int, n: int, sigma: float, *, exact: bool = True) -> float:
     return math.sqrt(ols_error_sq(d, n, sigma, exact=exact))
 
 
+def ols_train_mse(d: int, n: int, sigma: float) -> float:
+    """E[training MSE] of least squares with an intercept, p = d + 1 parameters:
+    σ²(n − p)/n (the residual sum of squares is σ²χ²_{n−p}); 0 once p ≥ n, where the fit
+    interpolates the training data. Below σ²: the fit follows part of the noise."""
+    return sigma**2 * max(n - d - 1, 0) / n
+
+
+def ols_val_mse(d: int, n: int, sigma: float, signal_sq: float = 0.0) -> float:
+    """E[MSE on fresh data] of the least-squares fit (with an intercept), Gaussian features.
+
+    p = d + 1 < n − 1: σ²(1 + 1/n)(n − 2)/(n − d − 2) (exact: the new point's noise σ², the
+    weights' error σ² tr E[(X_cᵀX_c)⁻¹] = dσ²/(n − d − 2) as in :func:`ols_error_sq`, the
+    intercept's σ²/n, and x̄'s share (1/n) of the weights' error). It grows without bound as
+    p → n: the classic peak at the interpolation threshold.
+
+    p > n + 1: the minimum-norm interpolant (what gradient descent from θ ≈ 0 reaches),
+    σ² + ‖θ‖²(1 − n/p) + σ² n/(p − n − 1) with ‖θ‖² = ``signal_sq`` = ‖w‖² + b² (exact for
+    isotropic Gaussian features, Belkin, Hsu & Xu 2019; the intercept's constant feature has
+    the same second moment 1 and is treated like the others: approximate, within the seeds'
+    spread at d = 60 … 150, n = 50 over 40 seeds). It falls again past the peak while the
+    variance term σ² n/(p − n − 1) dominates, then rises as the signal is spread over more
+    features (double descent). inf for n − 1 ≤ p ≤ n + 1."""
+    p = d + 1
+    if p < n - 1:
+        return sigma**2 * (1 + 1 / n) * (n - 2) / (n - d - 2)
+    if p > n + 1:
+        return sigma**2 + signal_sq * (1 - n / p) + sigma**2 * n / (p - n - 1)
+    return math.inf
+
+
 def expected_w_error_sq(
     lr: float,
     batch_size: int,
@@ -390,10 +420,19 @@ def effective_sigma2(
 
     Squared losses: the residual variance σ² + p s². Huber (an M-estimator): its asymptotic
     covariance is (E[ψ²]/E[ψ']²)(ZᵀZ)⁻¹, so σ² → E[ψ²]/E[ψ']². With this σ² and the lr of
-    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order)."""
-    if _name(loss) == "huber":
+    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order).
+    SmoothL1 with β = ``delta`` is Huber(δ = β)/β: the same minimiser, the same σ². L1 (least
+    absolute deviations, ψ = sign): E[ψ²] = 1, E[ψ'] = 2 f(0) with f the residual density,
+    so σ² → 1/(4 f(0)²) (πσ²/2 on clean data: 1.25× the OLS error)."""
+    name = _name(loss)
+    if name in ("huber", "smooth_l1"):
         e2, e1 = huber_moments(sigma, delta, fraction, scale)
         return e2 / e1**2
+    if name == "l1":
+        density = (1 - fraction) * _st.norm.pdf(0, scale=sigma) + fraction * _st.norm.pdf(
+            0, scale=math.sqrt(sigma**2 + scale**2)
+        )
+        return 1 / (4 * density**2)
     return sigma**2 + fraction * scale**2
 
 
@@ -411,6 +450,20 @@ def huber_estimator_error(
     """Asymptotic √E‖ŵ − w‖² of the converged Huber M-estimate: √(d · E[ψ²]/E[ψ']² / n)
     (with n − d − 2 for n as in :func:`ols_error_sq`). Clean data with δ ≫ σ: = OLS error."""
     return ols_error(d, n, math.sqrt(effective_sigma2("huber", sigma, fraction, scale, delta)))
+
+
+def estimator_error(
+    loss: Any,
+    d: int,
+    n: int,
+    sigma: float,
+    delta: float = 1.0,
+    fraction: float = 0.0,
+    scale: float = 0.0,
+) -> float:
+    """Asymptotic √E‖ŵ − w‖² of the minimiser of ``loss`` (mse, squared, huber, smooth_l1,
+    l1) on the data: the OLS error with σ² → :func:`effective_sigma2`."""
+    return ols_error(d, n, math.sqrt(effective_sigma2(loss, sigma, fraction, scale, delta)))
 
 
 def huber_reach_updates(distance: float, lr: float, delta: float) -> float:

@@ -289,6 +289,8 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     finals = {
         "ols_w_error": hist.ols_w_error,
         "ols_b_error": hist.ols_b_error,
+        "ols_mse": hist.ols_mse,
+        "ols_val_mse": hist.ols_val_mse,  # nan (not logged) without a held-out set
         "b_hat": hist.b_hat,
         "updates": float(hist.updates),
         "data_mb": hist.data_mb,

@@ -46,7 +46,15 @@ from pipeline.sources import DataSource, MemorySource, StreamSource
 from pipeline.steps import make_step
 
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
-MAX_POINTS = 200  # train.log_every=0 (auto): about this many points per logged curve
+# with a held-out set (data.n_val > 0): its MSE and the generalisation gap val_mse − mse
+# (`mse` is the training set's MSE)
+VAL_METRICS = ("val_mse", "gap")
+# train.log_every=0 (auto): at most about this many points per logged curve. The per-update
+# curves (batch_loss and three gradient norms) are most of a run's payload, and MLflow's
+# log_batch costs ~0.1 ms a point: 100 points keep a curve's shape and a tail long enough
+# for stationary statistics, at half the store time of 200.
+MAX_STEP_POINTS = 100
+MAX_EPOCH_POINTS = 200
 # Training runs on one intra-op thread: the tensors are tiny (n x (d+1), K models), so a second
 # thread only adds synchronisation (measured 50x slower per op on a busy 2-core machine), and a
 # fixed count keeps reduction order, hence the bits, the same everywhere. Launchers parallelise
@@ -60,7 +68,7 @@ class Problem:
 
     X: torch.Tensor
     y: torch.Tensor
-    true_w: torch.Tensor
+    true_w: torch.Tensor  # data.true_w, then data.zero_features zeros
     true_b: float
 
 
@@ -81,6 +89,8 @@ class History:
     b_hat: float = math.nan
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
+    ols_mse: float = math.nan  # training MSE of the least-squares (min-norm) fit
+    ols_val_mse: float = math.nan  # its MSE on the held-out set (nan without one)
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
     data_mb: float = math.nan  # MB of examples the data source held at once (all n, or a chunk)
     probes: dict[str, list[float]] = field(default_factory=dict)  # step diagnostics, at `steps`
@@ -166,9 +176,15 @@ def torch_dtype(cfg: DictConfig) -> torch.dtype:
     return getattr(torch, cfg.train.dtype.value)
 
 
+def true_weights(cfg: DictConfig) -> torch.Tensor:
+    """data.true_w followed by data.zero_features zeros: features that carry no signal."""
+    d = cfg.data
+    return torch.tensor([*d.true_w, *[0.0] * int(d.zero_features)], dtype=torch_dtype(cfg))
+
+
 def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
     d = cfg.data
-    true_w = torch.tensor(list(d.true_w), dtype=torch_dtype(cfg))
+    true_w = true_weights(cfg)
     X, y = synthetic_data(
         true_w, d.true_b, d.n, d.noise, gens.data, d.outliers.fraction, d.outliers.scale
     )
@@ -180,9 +196,8 @@ def make_source(cfg: DictConfig, gens: Generators) -> DataSource:
     (``gens.data`` is then unused: each chunk has its own generator)."""
     d = cfg.data
     if DataSourceName(d.source) == DataSourceName.stream:
-        true_w = torch.tensor(list(d.true_w), dtype=torch_dtype(cfg))
         return StreamSource(
-            true_w,
+            true_weights(cfg),
             float(d.true_b),
             int(d.n),
             float(d.noise),
@@ -195,13 +210,48 @@ def make_source(cfg: DictConfig, gens: Generators) -> DataSource:
     return MemorySource(p.X, p.y, p.true_w, p.true_b)
 
 
+def make_validation(
+    cfg: DictConfig, gen: torch.Generator, p: Problem | DataSource
+) -> Problem | None:
+    """The held-out set: data.n_val fresh examples from the training data's distribution (the
+    same weights, noise and outlier corruption: generalisation to more of the same), drawn
+    from its own stream; None when data.n_val = 0."""
+    d = cfg.data
+    if d.n_val == 0:
+        return None
+    X, y = synthetic_data(
+        p.true_w, p.true_b, d.n_val, d.noise, gen, d.outliers.fraction, d.outliers.scale
+    )
+    return Problem(X, y, p.true_w, p.true_b)
+
+
+def mse_of(p: Problem, w: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error of the model (w, b) on a data set."""
+    return float(((p.X @ w + b - p.y.reshape(-1)) ** 2).mean())
+
+
+# the torch.nn.init function behind each init (the report's catalogue marks them as trained here)
+TORCH_INITS: dict[InitName, Callable[..., torch.Tensor]] = {
+    InitName.normal: torch.nn.init.normal_,
+    InitName.zeros: torch.nn.init.zeros_,
+    InitName.xavier: torch.nn.init.xavier_uniform_,
+    InitName.kaiming: torch.nn.init.kaiming_normal_,
+}
+
+
 def init_params(cfg: DictConfig, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial (w, b), drawn from the config's own init stream."""
     w = torch.zeros(1, d, dtype=torch_dtype(cfg))  # nn.Linear's (out, in) layout for fan-in/out
-    if cfg.init.name == InitName.normal:
-        torch.nn.init.normal_(w, 0.0, cfg.init.std, generator=gen)
-    elif cfg.init.name == InitName.xavier:
-        torch.nn.init.xavier_uniform_(w, gain=cfg.init.gain, generator=gen)
+    name = InitName(cfg.init.name)
+    fill = TORCH_INITS[name]
+    if name == InitName.normal:
+        fill(w, 0.0, cfg.init.std, generator=gen)
+    elif name == InitName.xavier:
+        fill(w, gain=cfg.init.gain, generator=gen)
+    elif name == InitName.kaiming:
+        # std = gain/√fan_in with fan_in = d; gain 1 ('linear') is He's choice for a layer
+        # with no nonlinearity after it (the default 'leaky_relu' would give √2)
+        fill(w, mode="fan_in", nonlinearity="linear", generator=gen)
     return w.reshape(-1), torch.zeros((), dtype=w.dtype)
 
 
@@ -243,6 +293,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     source = make_source(first, gens)
     n, d, dtype = source.n, len(source.true_w), source.true_w.dtype
     true_w, true_b = source.true_w, source.true_b
+    val = make_validation(first, gens.val, source)
+    A_val = None if val is None else with_bias_column(val.X)
+    metrics = EPOCH_METRICS + (() if val is None else VAL_METRICS)
     # each config draws its own initial weights from a fresh init stream
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
     step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
@@ -259,7 +312,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=dtype)
     limit = torch.full((K,), math.inf, dtype=dtype)
     summed = torch.tensor([Reduction(c.loss.reduction) == Reduction.sum for c in cfgs])
-    hists = [History() for _ in cfgs]
+    hists = [History(epochs={key: [] for key in metrics}) for _ in cfgs]
     alive = set(range(K))
     frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
     updates = [0] * K
@@ -292,8 +345,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         return loss, mse
 
     def record(epoch: int, t: int) -> None:
-        """Full-data metrics of the live models; a non-finite one ends that model. Kept every
-        ``epoch_every`` epochs and at the last one (all of them unless log_every is auto)."""
+        """Full-data metrics of the live models (and held-out ones, at the same parameters); a
+        non-finite one ends that model. Kept every ``epoch_every`` epochs and at the last one
+        (all of them unless log_every is auto)."""
         theta = model_params()
         train_loss, mse = full_data_losses(theta)
         columns = {
@@ -302,7 +356,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             "w_error": torch.linalg.vector_norm(theta[:, :d] - true_w, dim=1),
             "b_error": (theta[:, d] - true_b).abs(),
         }
-        table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
+        if val is not None and A_val is not None:
+            columns["val_mse"] = ((A_val @ theta.T - val.y) ** 2).mean(0)
+            columns["gap"] = columns["val_mse"] - columns["mse"]
+        table = torch.stack([columns[k] for k in metrics], dim=1).tolist()
         keep = epoch % epoch_every == 0 or epoch == epochs
         for k in sorted(alive):
             if not all(math.isfinite(v) for v in table[k]):
@@ -310,18 +367,18 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 continue
             if keep:
                 hists[k].epoch_ids.append(epoch)
-                for key, value in zip(EPOCH_METRICS, table[k], strict=True):
+                for key, value in zip(metrics, table[k], strict=True):
                     hists[k].epochs[key].append(value)
         if on_epoch is not None and 0 in alive:
-            on_epoch(epoch, dict(zip(EPOCH_METRICS, table[0], strict=True)))
+            on_epoch(epoch, dict(zip(metrics, table[0], strict=True)))
 
     # plain values: a DictConfig read per update would cost more than the update
     epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
     drop_last, log_every = bool(first.train.drop_last), int(first.train.log_every)
     epoch_every = 1
-    if log_every == 0:  # auto: at most about MAX_POINTS points per curve
-        log_every = max(1, -(-planned_updates(first) // MAX_POINTS))
-        epoch_every = max(1, -(-epochs // MAX_POINTS))
+    if log_every == 0:  # auto: at most about MAX_*_POINTS points per curve
+        log_every = max(1, -(-planned_updates(first) // MAX_STEP_POINTS))
+        epoch_every = max(1, -(-epochs // MAX_EPOCH_POINTS))
     record(0, 0)
     for k in alive:
         limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
@@ -376,6 +433,8 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     w_ols, b_ols = source.ols()
     ols_w = float(torch.linalg.vector_norm(true_w - w_ols))
     ols_b = abs(true_b - float(b_ols))
+    ols_mse = source.mse(w_ols, b_ols)
+    ols_val = math.nan if val is None else mse_of(val, w_ols, b_ols)
     theta, last = model_params(), step.params()
     for k, h in enumerate(hists):
         final = frozen.get(k, theta[k])
@@ -393,6 +452,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
+        h.ols_mse, h.ols_val_mse = ols_mse, ols_val
         h.data_mb = source.held_bytes / 1e6
     return hists
 

@@ -35,6 +35,7 @@ CONFIG_METRICS = {
     "delta": "loss.delta",
     "noise": "data.noise",
     "outlier_fraction": "data.outliers.fraction",
+    "weight_decay": "optim.weight_decay",
 }
 # Short params for the choices, so a search reads `params.loss = "huber"` rather than
 # params.`loss.name` (a dotted key needs backquotes in MLflow's search syntax).
@@ -43,6 +44,7 @@ CHOICE_PARAMS = {
     "loss": "loss.name",
     "reduction": "loss.reduction",
     "init": "init.name",
+    "optim": "optim.name",
 }
 
 # The runs table's columns, in order (MLflow's canonical keys: type.`name`).

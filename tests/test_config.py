@@ -27,7 +27,7 @@ def test_every_group_option_composes(override: str) -> None:
     group, option = override.split("=")
     cfg = compose_cfg(override)
     assert cfg.seed == 0
-    if group in ("model", "loss", "init"):
+    if group in ("model", "loss", "init", "optim"):
         assert cfg[group].name.value == option
 
 
@@ -74,6 +74,9 @@ BAD = {
     "loss.delta=inf": "loss.delta",
     "data.true_b=-inf": "data.true_b",
     "model.sgd=rebind": "model.sgd",  # linear uses torch.optim: the variants are scratch's
+    "data.n_val=-1": "data.n_val",
+    "data.zero_features=-2": "data.zero_features",
+    "optim.weight_decay=-0.1": "optim.weight_decay",
 }
 
 
@@ -123,7 +126,8 @@ def test_cli_bad_value_prints_one_line_and_creates_nothing(
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1
-    assert lines[0].startswith("error: optim.lrr: unknown config key; allowed keys in optim: lr, ")
+    allowed = "allowed keys in optim: name, lr, "
+    assert lines[0].startswith(f"error: optim.lrr: unknown config key; {allowed}")
     assert_no_runs(client)
 
 

@@ -41,9 +41,21 @@ def test_streamed_least_squares_is_the_in_memory_least_squares(outliers: str) ->
     stream = stream_of("data.n=2500", outliers)  # chunks of 1000, 1000 and 500
     assert [len(X) for X, _ in stream.chunks()] == [1000, 1000, 500]
     w_stream, b_stream = stream.ols()  # AᵀA, Aᵀy summed chunk by chunk
-    w_memory, b_memory = stream.materialise().ols()  # lstsq on the same 2500 examples at once
+    memory = stream.materialise()
+    w_memory, b_memory = memory.ols()  # lstsq on the same 2500 examples at once
     np.testing.assert_allclose(w_stream, w_memory, rtol=0, atol=1e-10)
     assert float(b_stream) == pytest.approx(float(b_memory), abs=1e-10)
+    # its training MSE from the same statistics (yᵀy − 2θᵀAᵀy + θᵀAᵀAθ)/n
+    assert stream.mse(w_stream, b_stream) == pytest.approx(memory.mse(w_memory, b_memory), rel=1e-8)
+
+
+def test_streamed_least_squares_is_minimum_norm_past_the_interpolation_threshold() -> None:
+    stream = stream_of("data.n=50", "data.zero_features=60")  # d + 1 = 63 > n
+    w_stream, b_stream = stream.ols()
+    w_memory, b_memory = stream.materialise().ols()  # gelsd's minimum-norm solution
+    np.testing.assert_allclose(w_stream, w_memory, rtol=0, atol=1e-10)
+    assert float(b_stream) == pytest.approx(float(b_memory), abs=1e-10)
+    assert stream.mse(w_stream, b_stream) < 1e-12  # it fits the 50 examples exactly
 
 
 def test_a_chunk_is_the_same_on_every_pass_and_its_own() -> None:

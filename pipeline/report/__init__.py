@@ -27,13 +27,17 @@ from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
+    book,
+    catalogue,
     data_size,
+    fitting,
     gradients,
     huber,
     init,
     lr,
     newton,
     no_grad,
+    optimizers,
     partial_batch,
     per_sample,
     reduction,
@@ -55,6 +59,10 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    catalogue,
+    book,
+    optimizers,
+    fitting,
     streaming,
 ]
 

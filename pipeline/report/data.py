@@ -65,8 +65,23 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "dtype": ("params.train.dtype", str),
+    "optimizer": ("params.optim.name", str),
+    "momentum": ("params.optim.momentum", float),
+    "beta1": ("params.optim.beta1", float),
+    "beta2": ("params.optim.beta2", float),
+    "alpha": ("params.optim.alpha", float),
+    "eps": ("params.optim.eps", float),
+    "zero_features": ("params.data.zero_features", int),
+    "n_val": ("params.data.n_val", int),
+    "weight_decay": ("params.optim.weight_decay", float),
     "chunk_size": ("params.data.chunk_size", int),
 }
+# runs logged before optim.name existed were plain SGD (torch.optim.SGD without momentum)
+_LOGGED_BEFORE = {"optimizer": "sgd", "momentum": "0.0"}
+# what a selection means unless it names the optimiser: d2l's plain SGD, which every question
+# but the optimisers' one is about
+PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0}
 
 
 class SweepData:
@@ -84,6 +99,9 @@ class SweepData:
             self.df = runs
             return
         df = runs.drop_duplicates("tags.config_hash")
+        for name, value in _LOGGED_BEFORE.items():
+            col = _COLUMNS[name][0]
+            df = df.assign(**{col: df[col].fillna(value) if col in df else value})
         typed = {
             name: df[col].astype(kind) if col in df else None
             for name, (col, kind) in _COLUMNS.items()
@@ -101,6 +119,10 @@ class SweepData:
             diverged=df.get("tags.diverged") == "true",
             update_error=df.get("tags.update_error"),
             mse=df.get("metrics.mse"),
+            val_mse=df.get("metrics.val_mse"),
+            gap=df.get("metrics.gap"),
+            ols_mse=df.get("metrics.ols_mse"),
+            ols_val_mse=df.get("metrics.ols_val_mse"),
             w_error=df.get("metrics.w_error"),
             b_error=df.get("metrics.b_error"),
             updates=df["metrics.updates"].astype(int),
@@ -110,14 +132,19 @@ class SweepData:
             data_mb=df.get("metrics.data_mb"),
             peak_rss_mb=df.get("metrics.peak_rss_mb"),
             rss_start_mb=df.get("metrics.rss_start_mb"),
-            d=df["params.data.true_w"].map(lambda w: len(str(w).split(","))),
+            # features: the true weights, then the zero-weight ones
+            d=df["params.data.true_w"].map(lambda w: len(str(w).split(",")))
+            + (typed["zero_features"] if typed["zero_features"] is not None else 0),
         )
 
     def select(self, **equal: Any) -> pd.DataFrame:
         """Runs whose params equal the given values (a list or set: any of them). The same
         settings trained by two engines count once (the d2l code's run first), unless the
-        selection is by engine."""
+        selection is by engine. Only plain SGD runs unless the selection names ``optimizer``
+        (:data:`PLAIN_SGD`)."""
         rows = self.df
+        if "optimizer" not in equal:
+            equal = PLAIN_SGD | equal
         for key, value in equal.items():
             if rows.empty:
                 break

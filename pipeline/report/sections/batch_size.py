@@ -75,6 +75,9 @@ def noise_floor_cells(d: SweepData) -> pd.DataFrame:
         schedule="constant",
         averaging="none",
         loss=["mse", "squared"],
+        dtype="float64",
+        weight_decay=0.0,  # the floor theory has no weight decay ...
+        zero_features=0,  # ... and assumes few features against n
     )
     rows = rows[rows["reduction"].isin(["mean", "sum"]) & (rows["init"] == "normal")]
     rows = with_status(d, rows)

@@ -28,6 +28,9 @@ BASE: dict[str, Any] = {
     "min_updates": 0,
     "schedule": "constant",
     "averaging": "none",
+    "dtype": "float64",  # the book section's float32 runs are its own
+    "weight_decay": 0.0,
+    "zero_features": 0,
 }
 
 
