@@ -5,6 +5,9 @@ checks (:class:`ConfigError`), Hydra's type and choice errors at composition
 (``loss.reduction=avg``, ``model=foo``, ``optim.lr=abc``) and a tracking store that cannot be
 used (:class:`StoreError`). ``HYDRA_FULL_ERROR=1`` shows the full trace instead. SIGTERM and
 Ctrl-C close the open runs KILLED and exit 130 (SIGINT) or 143 (SIGTERM).
+
+Light at import: ``--help``, ``--cfg job`` and a bad input never import torch or MLflow (about
+2 s); a job imports them once its config is valid.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import PROJECT_ROOT, ConfigError, register_configs
-from pipeline.job import run_job
+from pipeline.config import PROJECT_ROOT, ConfigError, register_configs, validate
+from pipeline.context import StoreError, tracking_uri
 from pipeline.procs import Interrupted
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
-from pipeline.tracking import StoreError, tracking_uri
 
 register_configs()
 
@@ -38,6 +40,9 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     try:
+        validate(cfg)  # before the imports of torch and MLflow: a bad input costs nothing
+        from pipeline.job import run_job
+
         return run_job(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, StoreError) as exc:
         # One line, no traceback, and no MLflow run was created.

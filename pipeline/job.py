@@ -4,6 +4,9 @@ The Hydra app and the basic/joblib launchers come through :func:`run_job` (one c
 by the model's d2l code unless ``train.engine=stacked``); the stacked launchers come through
 :func:`run_group` (configs that share a schedule, trained as one computation, each logged as
 its own run with the same contract).
+
+torch is imported where a job trains (:func:`timed_train`), not at import: a driver that only
+prepares configs (the Ray stacked launcher's) or finds every job cached never loads it.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import register_configs, validate
+from pipeline.config import RESOLVERS, register_configs, validate
+from pipeline.context import SweepContext
+from pipeline.engines import resolve_engine
 from pipeline.procs import signals_as_interrupt
-from pipeline.tracking import RunLogger, SweepContext
-from pipeline.train import History, resolve_engine, train
+from pipeline.tracking import RunLogger
+
+if TYPE_CHECKING:
+    from pipeline.train import History
 
 log = logging.getLogger("pipeline")
 
@@ -36,13 +43,27 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
 
 def prepare(cfg: DictConfig, stacking: bool) -> None:
     """Validate (ConfigError, before any run exists) and settle the engine, in place."""
-    register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
+    if not all(OmegaConf.has_resolver(name) for name in RESOLVERS):
+        register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
     validate(cfg)
     resolve_engine(cfg, stacking)
-    torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
+
+
+def deterministic_torch() -> None:
+    """Deterministic kernels (the CPU kernels here are: make it a guarantee), set before a
+    run is tagged with it, in whichever process trains."""
+    import torch
+
+    if not torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(True)
 
 
 def timed_train(cfgs: Sequence[DictConfig], verbose: bool) -> tuple[list[History], float]:
+    """Train configs of one schedule (:func:`pipeline.train.train`), timed, in whichever
+    process runs them."""
+    from pipeline.train import train
+
+    deterministic_torch()
     t0 = time.perf_counter()
     hists = train(cfgs, on_epoch=print_epoch if verbose else None)
     return hists, time.perf_counter() - t0
@@ -54,6 +75,7 @@ def run_job(
     """Train ``cfg`` and log it as one MLflow run; returns the final full-data MSE (inf when
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
     prepare(cfg, stacking=False)
+    deterministic_torch()
     context = SweepContext.from_env()  # a sweep prints one progress line per job instead
     with signals_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
         if context is None:

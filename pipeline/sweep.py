@@ -7,6 +7,10 @@ validates it and hashes it; jobs whose ``config_hash`` already has a FINISHED ru
 (cached), so an interrupted sweep resumes where it stopped. The sweep owns one MLflow parent
 run; every job it launches gets an explicit ``mlflow.parentRunId`` tag, whichever process runs
 it. The summary is read back from MLflow, not from the launcher's memory.
+
+Light at import (no MLflow, pandas or torch at the top): Hydra instantiates the callback for
+every run, so a bad input or ``--cfg job`` must not pay for them; a fully cached sweep loads
+MLflow to look its jobs up, and never torch.
 """
 
 from __future__ import annotations
@@ -20,35 +24,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import queries
 from pipeline.config import ConfigError, validate
+from pipeline.context import StoreError, SweepContext, tracking_uri
+from pipeline.engines import resolve_engine
 from pipeline.identity import config_hash
 from pipeline.procs import ProcessId, file_lock, signals_as_interrupt, watch_owner
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
-from pipeline.tracking import (
-    ParentRun,
-    StoreError,
-    SweepContext,
-    close_orphans,
-    ensure_experiment,
-    mark_stale_runs,
-    sweep_lock,
-    tracking_uri,
-)
-from pipeline.train import resolve_engine
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+
+    from pipeline.tracking import ParentRun
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -164,11 +162,12 @@ class JobComposer:
         """Hold a job's config, composed while planning, for the launcher (compose once)."""
         self.planned[tuple(overrides)] = cfg
 
-    def take(self, overrides: Sequence[str]) -> DictConfig:
-        """The config the plan composed for these overrides (handed over, not copied), or a
-        fresh composition for a launcher used without the grids sweeper."""
+    def take(self, overrides: Sequence[str]) -> tuple[DictConfig, bool]:
+        """The config the plan composed for these overrides (handed over, not copied; True:
+        planned, so validated and its engine settled), or a fresh composition (False) for a
+        launcher used without the grids sweeper."""
         cfg = self.planned.pop(tuple(overrides), None)
-        return cfg if cfg is not None else self(overrides)
+        return (cfg, True) if cfg is not None else (self(overrides), False)
 
 
 class GridsSweeperImpl(Sweeper):
@@ -245,6 +244,8 @@ class GridsSweeperImpl(Sweeper):
         """Plan, wait for an identical sweep if one runs, launch what is not cached, summarize.
         Returns one list of JobReturns per batch, as Hydra's basic sweeper does. SIGTERM or
         Ctrl-C close the parent run KILLED (the launchers close their open runs)."""
+        from pipeline.tracking import ensure_experiment, sweep_lock
+
         assert self.config is not None and self.launcher is not None
         t0 = time.time()
         jobs = self.plan(list(arguments))
@@ -280,6 +281,11 @@ class GridsSweeperImpl(Sweeper):
     ) -> list[Sequence[JobReturn]]:
         """The sweep, holding its lock. ``since``: with ``sweep.force``, runs started since
         then (by this sweep, or by the identical one it waited for) are not retrained."""
+        from mlflow.entities import RunStatus
+
+        from pipeline import queries
+        from pipeline.tracking import close_orphans
+
         assert self.config is not None and self.launcher is not None
         cfg = self.config
         finished = queries.finished_by_hash(uri, exp_id)
@@ -326,7 +332,8 @@ class GridsSweeperImpl(Sweeper):
         for job, ret in zip(todo, flat, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
-        summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0)
+        cached = {j.config_hash: finished[j.config_hash] for j in unique.values() if j.cached_run}
+        summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0, cached)
         summary.drop(columns=["run_id"]).to_csv(self.sweep_dir() / "summary.csv", index=False)
         failed = (summary["status"][~summary["cached"]] == "failed").any()
         if cfg.sweep.report and not failed:
@@ -362,6 +369,9 @@ def open_parent(
     """The sweep's parent run: the one of an earlier run of the same set of jobs (resume), or
     a new one. With ``sweep.force`` only a parent created since this sweep ``started`` (by an
     identical sweep it waited for) is reused."""
+    from pipeline import queries
+    from pipeline.tracking import ParentRun
+
     hashes = sorted({j.config_hash for j in jobs})
     sweep_hash = sweep_hash_of(jobs)
     previous = queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
@@ -387,23 +397,37 @@ def open_parent(
 
 
 def summarize(
-    uri: str, parent: ParentRun, jobs: list[Job], ran: list[Job], wall: float
+    uri: str,
+    parent: ParentRun,
+    jobs: list[Job],
+    ran: list[Job],
+    wall: float,
+    cached_runs: dict[str, Run] | None = None,
 ) -> pd.DataFrame:
     """Print and log the table of every job's run and the counts; close the parent. Read back
-    from MLflow, not from the launcher's memory."""
-    parent_run = queries.get_run(uri, parent.run_id)
-    assert parent_run is not None
-    # a resumed parent may hold an older failed attempt of the same config: newest wins
-    found = {r.data.tags.get("config_hash"): r for r in queries.children(uri, parent_run)}
+    from MLflow, not from the launcher's memory: the runs this sweep ran from the parent's
+    children, the cached ones as the cache lookup read them (``cached_runs``, by hash)."""
+    import pandas as pd
+    from mlflow.entities import RunStatus
+
+    from pipeline import queries
+
+    found: dict[str | None, Run] = {}
+    if ran:
+        parent_run = queries.get_run(uri, parent.run_id)
+        assert parent_run is not None
+        # a resumed parent may hold an older failed attempt of the same config: newest wins
+        found = {r.data.tags.get("config_hash"): r for r in queries.children(uri, parent_run)}
     ran_hashes = {j.config_hash for j in ran}
     rows: list[dict[str, Any]] = []
     for job in jobs:
         cached = job.config_hash not in ran_hashes
-        run = (
-            queries.get_run(uri, job.cached_run)
-            if cached and job.cached_run
-            else found.get(job.config_hash)
-        )
+        if not cached:
+            run = found.get(job.config_hash)
+        elif cached_runs is not None and job.config_hash in cached_runs:
+            run = cached_runs[job.config_hash]
+        else:
+            run = queries.get_run(uri, job.cached_run) if job.cached_run else None
         rows.append(row_of(job, run, cached))
     df = pd.DataFrame(rows)
     counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
@@ -480,6 +504,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
+        from pipeline.tracking import ensure_experiment, mark_stale_runs
+
         uri = tracking_uri(config)
         fail_fast_if_unreachable(uri)
         try:
