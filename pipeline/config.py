@@ -25,6 +25,17 @@ class ModelName(str, Enum):
     scratch = "scratch"  # d2l 3.2: raw tensors, linreg, hand-written loss, data_iter and sgd
 
 
+class SgdVariant(str, Enum):
+    """How the scratch model's hand-written ``sgd`` is written: d2l's, or one of the mistakes
+    the autograd experiment measures (``make sweep SWEEP=no_grad``)."""
+
+    no_grad = "no_grad"  # d2l: `with torch.no_grad(): param -= lr * param.grad; grad.zero_()`
+    without_no_grad = "without_no_grad"  # the same in-place update outside torch.no_grad()
+    rebind = "rebind"  # `param = param - lr * param.grad` outside no_grad: joins the graph
+    rebind_detach = "rebind_detach"  # the same, then `.detach().requires_grad_()`: fixed
+    no_zero_grad = "no_zero_grad"  # d2l's update without `param.grad.zero_()`
+
+
 class LossName(str, Enum):
     squared = "squared"  # d2l's squared_loss: (y_hat - y)^2 / 2
     mse = "mse"  # nn.MSELoss: (y_hat - y)^2
@@ -95,6 +106,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: ModelName = MISSING  # which d2l implementation (train.engine=d2l trains with it)
+    sgd: SgdVariant = MISSING  # scratch's sgd as d2l writes it, or a measured mistake
 
 
 @dataclass
@@ -240,6 +252,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.gamma={cfg.optim.gamma}: must be in (0, 1]")
     if not 0 <= cfg.optim.average_from < 1:
         raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
+    if cfg.model.sgd != SgdVariant.no_grad and cfg.model.name != ModelName.scratch:
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: only model=scratch writes its own sgd "
+            "(model=linear uses torch.optim); allowed with linear: no_grad"
+        )
     n = cfg.data.n
     if n < 1:
         raise ConfigError(f"data.n={n}: must be >= 1")

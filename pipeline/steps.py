@@ -14,6 +14,7 @@ codes, K ≥ 1 for the stacked closed form.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -23,11 +24,14 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils import data
 
-from pipeline.config import ModelName, Reduction, effective_lr
+from pipeline.config import ModelName, Reduction, SgdVariant, effective_lr
 from pipeline.data import with_bias_column
 from pipeline.losses import ClampForm, NominalMean, nn_loss, per_sample, reduce
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# what ScratchStep.probes() logs per update; backward_ms measures the machine (reruns skip it)
+SCRATCH_PROBES = ("graph_nodes", "backward_ms")
+TIMED_PROBES = frozenset({"backward_ms"})
 
 
 class EpochOrder:
@@ -65,6 +69,16 @@ class Step(Protocol):
         parameters θ (the current iterate, or the averaged one)."""
         ...
 
+    def probes(self) -> dict[str, float]:
+        """Diagnostics of the last update, logged beside ``batch_loss`` (scratch: the autograd
+        graph's size and the backward time; the other steps have none)."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the last update could not be made (training stops there), else None."""
+        ...
+
 
 # --- d2l 3.2 ----------------------------------------------------------------------------------
 
@@ -91,14 +105,33 @@ def sgd(params: list[torch.Tensor], lr: float) -> None:
             param.grad.zero_()
 
 
+def graph_nodes(t: torch.Tensor) -> int:
+    """Autograd nodes reachable from ``t``: what backward() walks (and what stays alive)."""
+    seen: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(fn for fn, _ in node.next_functions)
+    return len(seen)
+
+
 class ScratchStep:
+    """d2l 3.2, with ``model.sgd`` choosing how its ``sgd`` is written: d2l's, or one of
+    the mistakes the autograd experiment measures (see :class:`pipeline.config.SgdVariant`)."""
+
     def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
         d = theta0.shape[1] - 1
         self.w = theta0[0, :d].reshape(-1, 1).clone().requires_grad_(True)
         self.b = theta0[0, d:].clone().requires_grad_(True)
         self.loss = per_sample(cfg)
         self.reduction, self.batch_size = Reduction(cfg.loss.reduction), int(cfg.train.batch_size)
+        self.variant = SgdVariant(cfg.model.sgd)
         self._last: torch.Tensor | None = None
+        self._backward_s = 0.0
+        self._error: str | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         return data_iter(order.index_batches(), X, y)
@@ -111,11 +144,43 @@ class ScratchStep:
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
         assert self._last is not None
+        if not self.w.is_leaf:  # rebind made w, b graph nodes: keep their .grad readable
+            self.w.retain_grad()
+            self.b.retain_grad()
+        start = time.perf_counter()
         self._last.backward()
+        self._backward_s = time.perf_counter() - start
         assert self.w.grad is not None and self.b.grad is not None
-        grad = torch.cat([self.w.grad.reshape(-1), self.b.grad]).reshape(1, -1)
-        sgd([self.w, self.b], float(lr[0]))
+        grad = torch.cat([self.w.grad.reshape(-1), self.b.grad]).reshape(1, -1).detach()
+        value = float(lr[0])
+        if self.variant == SgdVariant.no_grad:
+            sgd([self.w, self.b], value)
+        elif self.variant == SgdVariant.no_zero_grad:
+            with torch.no_grad():  # the next backward() adds to these gradients
+                self.w -= value * self.w.grad
+                self.b -= value * self.b.grad
+        elif self.variant == SgdVariant.without_no_grad:
+            try:
+                self.w -= value * self.w.grad  # autograd refuses: an in-place op on a leaf
+                self.b -= value * self.b.grad
+            except RuntimeError as exc:
+                self._error = str(exc).splitlines()[0]
+        else:  # rebind: the new w = old w − lr·grad is recorded by autograd, old w and all
+            self.w = self.w - value * self.w.grad
+            self.b = self.b - value * self.b.grad
+            if self.variant == SgdVariant.rebind_detach:  # ... unless cut off again
+                self.w = self.w.detach().requires_grad_(True)
+                self.b = self.b.detach().requires_grad_(True)
         return grad
+
+    def probes(self) -> dict[str, float]:
+        assert self._last is not None
+        nodes = float(graph_nodes(self._last))
+        return {"graph_nodes": nodes, "backward_ms": self._backward_s * 1e3}
+
+    @property
+    def error(self) -> str | None:
+        return self._error
 
     def params(self) -> torch.Tensor:
         return torch.cat([self.w.detach().reshape(-1), self.b.detach()]).reshape(1, -1)
@@ -181,6 +246,13 @@ class LinearStep:
         # on the full data the nominal reduction divides by n, like a mean
         return (value / len(X) if loss is not self.loss else value).reshape(1)
 
+    def probes(self) -> dict[str, float]:
+        return {}
+
+    @property
+    def error(self) -> str | None:
+        return None
+
 
 # --- stacked ----------------------------------------------------------------------------------
 
@@ -220,6 +292,13 @@ class StackedStep:
 
     def full_loss(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return self.form.value(with_bias_column(X) @ theta.T - y.reshape(-1, 1))
+
+    def probes(self) -> dict[str, float]:
+        return {}
+
+    @property
+    def error(self) -> str | None:
+        return None
 
 
 def make_step(engine: str, cfgs: Sequence[DictConfig], theta0: torch.Tensor) -> Step:

@@ -232,6 +232,36 @@ def reshuffle_factor(lr: float, n: int, batch_size: int) -> float:
     return float(m / (m - 1) * ((a - a.mean()) ** 2).sum() / s2) if s2 > 0 else 1.0
 
 
+def gradient_noise_sq(
+    lr: float,
+    batch_size: int,
+    d: int,
+    sigma: float,
+    n: int | None = None,
+    loss: Any = "mse",
+    reduction: Any = "mean",
+) -> tuple[float, float]:
+    """(E‖∇w‖², E(∇b)²) of the minibatch gradient once constant-lr SGD sits at its floor.
+
+    At θ = θ̂ + e the batch gradient is c·(Ĥe − (1/B)Σ z_i ε_i), c = 2·:func:`loss_scale`
+    (2 for MSE mean, 1 for ½-squared, ×B for a sum). Its second moment has two parts:
+    the label noise, c²·fσ²/B per coordinate (f the finite-population factor), which does not
+    shrink as training goes on; and the iterate's own fluctuation e (variances s_k of
+    :func:`noise_floor_var_exact`) seen through Ĥ: for a weight, s_j(1 + 2f/B) + f·Σ_{k≠j}s_k/B;
+    for the bias, s_b + f·Σ_w s_k/B (Gaussian features: Var(x²) = 2, Var(x_j x_k) = 1).
+    The second part is O(η) of the first. Full batch (B = n): 0 (gradient descent converges)."""
+    f = finite_population_factor(n, batch_size) if n is not None else 1.0
+    s = noise_floor_var_exact(lr, batch_size, d, sigma, n, loss, reduction)
+    if not np.all(np.isfinite(s)):
+        return math.inf, math.inf
+    c2 = (2 * loss_scale(loss, reduction, batch_size)) ** 2
+    total = float(s.sum())
+    label = f * sigma**2 / batch_size
+    w = sum(s[j] * (1 + 2 * f / batch_size) + f * (total - s[j]) / batch_size for j in range(d))
+    b = s[d] + f * float(s[:d].sum()) / batch_size
+    return c2 * (float(w) + d * label), c2 * (float(b) + label)
+
+
 # --- 3. OLS -------------------------------------------------------------------------------
 
 

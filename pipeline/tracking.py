@@ -295,9 +295,16 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     for key, values in hist.epochs.items():
         for epoch, value in zip(hist.epoch_ids, values, strict=True):
             out += metric(key, value, epoch)
-    for step, loss, norm in zip(hist.steps, hist.batch_loss, hist.grad_norm, strict=True):
-        out += metric("batch_loss", loss, step)
-        out += metric("grad_norm", norm, step)
+    curves = {
+        "batch_loss": hist.batch_loss,
+        "grad_norm": hist.grad_norm,
+        "grad_norm_w": hist.grad_norm_w,
+        "grad_norm_b": hist.grad_norm_b,
+        **hist.probes,
+    }
+    for key, values in curves.items():
+        for step, value in zip(hist.steps, values, strict=True):
+            out += metric(key, value, step)
     finals = {
         "ols_w_error": hist.ols_w_error,
         "ols_b_error": hist.ols_b_error,
@@ -373,8 +380,10 @@ class RunLogger:
                 now = int(time.time() * 1000)
                 metrics = history_metrics(self._hist, now)
                 metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
-                diverged = str(self._hist.diverged).lower()
-                self._close(RunStatus.FINISHED, metrics, {"diverged": diverged})
+                tags = {"diverged": str(self._hist.diverged).lower()}
+                if self._hist.update_error is not None:
+                    tags["update_error"] = self._hist.update_error[:5000]
+                self._close(RunStatus.FINISHED, metrics, tags)
             elif isinstance(exc, KeyboardInterrupt):
                 self._close(RunStatus.KILLED, [], {"error": "interrupted"})
             else:

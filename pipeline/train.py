@@ -63,7 +63,9 @@ class History:
     epoch_ids: list[int] = field(default_factory=list)  # the epoch of each entry above
     steps: list[int] = field(default_factory=list)  # global update step of each entry below
     batch_loss: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)  # ‖∇θ‖ of the batch loss, θ = [w, b]
+    grad_norm_w: list[float] = field(default_factory=list)  # ‖∇w‖ (w.grad, net[0].weight.grad)
+    grad_norm_b: list[float] = field(default_factory=list)  # |∇b| (b.grad, net[0].bias.grad)
     updates: int = 0  # optimiser steps taken
     diverged_at_step: int | None = None  # first update whose loss was nan/inf or exploded
     w_hat: list[float] = field(default_factory=list)
@@ -71,6 +73,8 @@ class History:
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
+    probes: dict[str, list[float]] = field(default_factory=dict)  # step diagnostics, at `steps`
+    update_error: str | None = None  # the update that could not be made (training stopped)
 
     @property
     def diverged(self) -> bool:
@@ -249,9 +253,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     log_steps: list[int] = []
     log_loss: list[torch.Tensor] = []
     log_grad: list[torch.Tensor] = []  # norms taken once at the end
+    log_probes: dict[str, list[float]] = {}
     t = 0
     for epoch in range(1, epochs + 1):
-        if not alive:
+        if not alive or step.error is not None:
             break
         # one randperm per epoch: d2l's data_iter order, and the DataLoader's
         order = EpochOrder(torch.randperm(n, generator=gens.batches), batch_size, drop_last)
@@ -268,6 +273,9 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             if scheduled:
                 lr = base_lr * torch.tensor([f(t - 1) for f in factors], dtype=lr.dtype)
             grad = step.update(lr)
+            if step.error is not None:  # the update raised (model.sgd=without_no_grad)
+                t -= 1
+                break
             if avg_from is not None and t > avg_from:
                 # running mean of the iterates after each model's own start
                 counts += t > start_at  # (K, 1): each model's count of averaged iterates
@@ -278,15 +286,18 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 log_steps.append(t)
                 log_loss.append(loss)
                 log_grad.append(grad)
-        if alive:
+                for key, value in step.probes().items():
+                    log_probes.setdefault(key, []).append(value)
+        if alive and step.error is None:
             record(epoch, t)
 
     loss_t = torch.stack(log_loss, 1).tolist() if log_loss else [[] for _ in cfgs]
-    norm_t = (
-        torch.linalg.vector_norm(torch.stack(log_grad, 1), dim=2).tolist()
-        if log_grad
-        else [[] for _ in cfgs]
-    )
+    norms: dict[str, list[list[float]]] = {k: [[] for _ in cfgs] for k in ("all", "w", "b")}
+    if log_grad:
+        grads = torch.stack(log_grad, 1)  # (K, logged steps, d+1)
+        norms["all"] = torch.linalg.vector_norm(grads, dim=2).tolist()
+        norms["w"] = torch.linalg.vector_norm(grads[..., :d], dim=2).tolist()
+        norms["b"] = grads[..., d].abs().tolist()
     w_ols, b_ols = ols(p.X, p.y)
     ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
     ols_b = abs(p.true_b - float(b_ols))
@@ -299,7 +310,11 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             updates[k] = t
         # a model logs the steps it took: those before the one where it diverged
         keep = bisect.bisect_right(log_steps, updates[k])
-        h.steps, h.batch_loss, h.grad_norm = log_steps[:keep], loss_t[k][:keep], norm_t[k][:keep]
+        h.steps, h.batch_loss = log_steps[:keep], loss_t[k][:keep]
+        h.grad_norm, h.grad_norm_w = norms["all"][k][:keep], norms["w"][k][:keep]
+        h.grad_norm_b = norms["b"][k][:keep]
+        h.probes = {key: values[:keep] for key, values in log_probes.items()}  # K = 1 steps
+        h.update_error = step.error
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b

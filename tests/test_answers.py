@@ -41,6 +41,14 @@ hydra:
         train.batch_size: 1,10,100
         train.epochs: 1
         train.min_updates: 3000
+      d2l_pair:
+        model: linear,scratch
+        train.engine: d2l
+      no_grad:
+        model: scratch
+        train.engine: d2l
+        train.epochs: 1
+        model.sgd: no_grad,without_no_grad,rebind,rebind_detach,no_zero_grad
 """
 
 
@@ -103,3 +111,37 @@ def test_equal_updates_error_falls_with_batch_size_until_ols(answers: Any) -> No
     assert means[2] < 2.5 * b["ols_w_error_theory"]  # ... down to the OLS error
     sections = {s.key: s for s in answers[1]}
     assert "falls with B" in sections["batch_size"].answer
+
+
+def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
+    g = answers[0]["gradients"]
+    assert set(g["per_batch_size"]) == {"1", "10", "100"}
+    for cell in g["per_batch_size"].values():
+        assert cell["seeds"] == 5
+        for part in ("w", "b"):
+            assert 0.8 <= cell[f"ratio_{part}"] <= 1.25, cell
+    assert g["matches_theory"] is True
+    assert -0.6 < g["rms_w_slope_vs_B"] < -0.4  # ∝ 1/√B
+    # the two d2l codes produce the same gradients on the same batches
+    assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
+    section = {s.key: s for s in answers[1]}["gradients"]
+    assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer
+
+
+def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
+    a = answers[0]["no_grad"]
+    assert set(a) == {"no_grad", "without_no_grad", "rebind", "rebind_detach", "no_zero_grad"}
+    assert all(v["seeds"] == 5 for v in a.values())
+    # in place outside no_grad: autograd refuses at the first update
+    assert a["without_no_grad"]["raises"] and a["without_no_grad"]["updates"] == 0
+    assert "in-place operation" in a["without_no_grad"]["error"]
+    # out of place: the same numbers, but the graph grows with every update
+    assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
+    assert a["rebind"]["graph_nodes_last"] > 10 * a["no_grad"]["graph_nodes_last"]
+    # detach() cuts it: d2l's graph size and d2l's run
+    detached = a["rebind_detach"]
+    assert not detached["graph_grows"] and detached["same_trajectory_as_no_grad"]
+    assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
+    # no zero_grad: the gradients accumulate and the run ends far from the truth
+    assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]
+    assert a["no_zero_grad"]["w_error_vs_no_grad"].startswith("larger")

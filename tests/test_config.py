@@ -73,6 +73,7 @@ BAD = {
     "data.true_w=[nan,1]": "data.true_w",
     "loss.delta=inf": "loss.delta",
     "data.true_b=-inf": "data.true_b",
+    "model.sgd=rebind": "model.sgd",  # linear uses torch.optim: the variants are scratch's
 }
 
 
@@ -90,6 +91,17 @@ def test_bad_values_rejected_without_a_run(override: str, client: mlflow.MlflowC
     message = str(err.value)
     assert "\n" not in message and message.startswith(BAD[override])
     assert_no_runs(client)
+
+
+def test_sgd_variants_train_with_the_scratch_code_only() -> None:
+    from pipeline.train import resolve_engine
+
+    auto = compose_cfg("model=scratch", "model.sgd=rebind")
+    resolve_engine(auto, stacking=True)  # under the stacked launcher too
+    assert auto.train.engine.value == "d2l"
+    stacked = compose_cfg("model=scratch", "model.sgd=rebind", "train.engine=stacked")
+    with pytest.raises(ConfigError, match=r"^train.engine=stacked: model.sgd=rebind"):
+        resolve_engine(stacked, stacking=True)
 
 
 def test_batch_size_equal_to_n_is_allowed() -> None:

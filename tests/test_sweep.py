@@ -27,6 +27,8 @@ CONTRACT = {
     "b_error",
     "batch_loss",
     "grad_norm",
+    "grad_norm_w",
+    "grad_norm_b",
     "ols_w_error",
     "ols_b_error",
     "w_hat_0",
@@ -45,6 +47,7 @@ CELLS = {  # grid cells x 5 seeds
     "init": 3 * 5,
     "data_size": 15 * 5,
     "partial_batch": 6 * 5,
+    "no_grad": 5 * 5,
     "smoke": 4,
 }
 

@@ -20,7 +20,7 @@ from pipeline.views import CONFIG_METRICS
 from tests.conftest import compose_cfg
 
 EPOCH = {"train_loss", "mse", "w_error", "b_error"}
-STEP = {"batch_loss", "grad_norm"}
+STEP = {"batch_loss", "grad_norm", "grad_norm_w", "grad_norm_b"}
 FINAL = {"ols_w_error", "ols_b_error", "w_hat_0", "w_hat_1", "b_hat", "updates", "train_time_s"}
 # config values also logged as metrics, so the UI sorts and filters them as numbers
 CONFIG = set(CONFIG_METRICS)

@@ -6,9 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from pipeline.steps import LinearStep, ScratchStep
 from pipeline.train import History, train_one
 from tests.conftest import compose_cfg
+
+THETA0 = torch.tensor([[0.5, -0.2, 0.1]], dtype=torch.float64)  # [w, b] of one model
 
 
 def curves(h: History) -> np.ndarray:
@@ -41,7 +45,8 @@ def test_scratch_and_linear_trajectories_agree(loss: str, reduction: str) -> Non
     np.testing.assert_allclose(s.epochs["train_loss"], n.epochs["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(curves(s), curves(n), rtol=1e-5)
     np.testing.assert_allclose(s.batch_loss, n.batch_loss, rtol=1e-5)
-    np.testing.assert_allclose(s.grad_norm, n.grad_norm, rtol=1e-5)
+    for key in ("grad_norm", "grad_norm_w", "grad_norm_b"):
+        np.testing.assert_allclose(getattr(s, key), getattr(n, key), rtol=1e-5)
     assert s.steps == n.steps
 
 
@@ -160,3 +165,27 @@ def test_divergence_stops_early_and_returns_inf() -> None:
     assert h.updates == h.diverged_at_step - 1 < 300
     assert h.final_mse == math.inf
     assert all(math.isfinite(v) for vs in h.epochs.values() for v in vs)
+
+
+@pytest.mark.parametrize("loss", ["squared", "mse", "huber"])
+def test_scratch_and_linear_gradients_are_equal_on_the_same_batch(loss: str) -> None:
+    """d2l 3.3 exercise 3: the gradient lives in ``w.grad``/``b.grad`` (scratch) and in
+    ``net[0].weight.grad``/``net[0].bias.grad`` (linear); both are the same numbers."""
+    common = (f"loss={loss}", "seed=2")
+    scratch = ScratchStep(compose_cfg("model=scratch", *common), THETA0)
+    linear = LinearStep(compose_cfg("model=linear", *common), THETA0)
+    X = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = X @ torch.tensor([2.0, -3.4], dtype=torch.float64) + 4.2
+    # the batch loss, then backward() as each step does (their update() zeroes the grads after)
+    scratch.batch_loss(X, y.reshape(-1, 1))
+    linear.batch_loss(X, y.reshape(-1, 1))
+    assert scratch._last is not None and linear._last is not None
+    scratch._last.backward()
+    linear._last.backward()
+    w_grad, b_grad = scratch.w.grad, scratch.b.grad
+    weight_grad, bias_grad = linear.net[0].weight.grad, linear.net[0].bias.grad
+    assert w_grad is not None and b_grad is not None
+    assert weight_grad is not None and bias_grad is not None
+    assert float(w_grad.abs().max()) > 0.1  # far from the optimum: a real gradient
+    torch.testing.assert_close(w_grad.reshape(-1), weight_grad.reshape(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(b_grad.reshape(-1), bias_grad.reshape(-1), rtol=1e-12, atol=0)

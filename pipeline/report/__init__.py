@@ -28,10 +28,12 @@ from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
     data_size,
+    gradients,
     huber,
     init,
     lr,
     newton,
+    no_grad,
     partial_batch,
     per_sample,
     reduction,
@@ -43,6 +45,8 @@ from pipeline.tracking import StoreError, get_client, tracking_uri
 SECTIONS: list[ModuleType] = [
     lr,
     batch_size,
+    gradients,
+    no_grad,
     reduction,
     per_sample,
     huber,

@@ -31,6 +31,7 @@ class Section:
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     answer: str = ""
     figure: str | None = None  # PNG file name in the output folder
+    code: str = ""  # a Python snippet the answer refers to (shown as a code block)
     numbers: dict[str, float] = field(default_factory=dict)  # the figures quoted in the answer
     answers: dict[str, Any] = field(default_factory=dict)  # its part of answers.json
     run_ids: list[str] = field(default_factory=list)  # the child runs it used
@@ -45,6 +46,7 @@ class Section:
 # the params a section selects runs by, as typed columns
 _COLUMNS: dict[str, tuple[str, Any]] = {
     "model": ("params.model.name", str),
+    "sgd": ("params.model.sgd", str),
     "engine": ("tags.engine", str),
     "loss": ("params.loss.name", str),
     "reduction": ("params.loss.reduction", str),
@@ -92,6 +94,7 @@ class SweepData:
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
             diverged=df.get("tags.diverged") == "true",
+            update_error=df.get("tags.update_error"),
             mse=df.get("metrics.mse"),
             w_error=df.get("metrics.w_error"),
             b_error=df.get("metrics.b_error"),

@@ -29,6 +29,8 @@ def to_markdown(parent: Run, sections: list[Section]) -> str:
             flat = isinstance(table.index, pd.RangeIndex) or table.index.name is None
             lines += [f"*{caption}*", ""] if caption else []
             lines += [table.to_markdown(floatfmt=".3g", index=not flat), ""]
+        if s.code:
+            lines += ["```python", s.code, "```", ""]
         if s.figure:
             lines += [f"![{s.title}]({s.figure})", ""]
         lines += [f"**Answer.** {s.answer}", ""]
@@ -50,6 +52,8 @@ def to_html(parent: Run, sections: list[Section]) -> str:
             if caption:
                 body.append(f"<p><em>{html.escape(caption)}</em></p>")
             body.append(table.to_html(float_format=lambda x: f"{x:.3g}", index=not flat))
+        if s.code:
+            body.append(f"<pre><code>{html.escape(s.code)}</code></pre>")
         if s.figure:
             body.append(f'<img src="{s.figure}" alt="{html.escape(s.title)}">')
         body.append(f"<p><strong>Answer.</strong> {html.escape(s.answer)}</p>")

@@ -17,6 +17,7 @@ from pipeline.report.data import SweepData
 # The d2l chapter's setting (what `python -m pipeline` trains), less the key a section varies:
 # sections select their runs by these params, so any sweep's matching runs count.
 BASE: dict[str, Any] = {
+    "sgd": "no_grad",
     "loss": "mse",
     "reduction": "mean",
     "n": 1000,
