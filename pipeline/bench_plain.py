@@ -25,7 +25,7 @@ import hydra
 import mlflow
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.seeds_loops import seeds_train
 
@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> float:
     loss, reduction = LOSSES[cfg.loss]
     mlflow.set_experiment(cfg.experiment)
     with mlflow.start_run():
-        mlflow.log_params(OmegaConf.to_container(cfg))
+        mlflow.log_params({str(k): v for k, v in cfg.items()})
         t0 = time.perf_counter()
         result = seeds_train(cfg.model, loss, reduction, cfg.lr, cfg.batch_size, cfg.epochs, cfg.n)
         seconds = time.perf_counter() - t0

@@ -34,10 +34,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     """Stable hash of what determines the result: the resolved config (engine included)
-    without the tracking/sweep keys."""
-    tree = {k: v for k, v in to_container(cfg).items() if k not in UNTRACKED_KEYS}
+    without the tracking/sweep keys (``tree``: ``to_container(cfg)``, if already made)."""
+    tree = {k: v for k, v in (tree or to_container(cfg)).items() if k not in UNTRACKED_KEYS}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -75,16 +75,17 @@ _LABELS = {
 }
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     """Short, readable and distinct within a sweep: the always-interesting keys, plus every
-    other key that differs from the default config (the engine when it is not the default)."""
+    other key that differs from the default config (the engine when it is not the default).
+    ``tree``: ``to_container(cfg)``, if already made."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
     reduction = cfg.loss.reduction.value
     loss = cfg.loss.name.value + ("" if reduction == "mean" else f"-{reduction}")
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
     defaults = default_values()
-    for key, value in flatten(to_container(cfg)).items():
+    for key, value in flatten(tree or to_container(cfg)).items():
         if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or defaults.get(key) == value:
             continue
         if key == "train.engine" and value == "d2l":

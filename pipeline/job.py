@@ -5,8 +5,8 @@ by the model's d2l code unless ``train.engine=stacked``); the stacked launchers 
 :func:`run_group` (configs that share a schedule, trained as one computation, each logged as
 its own run with the same contract).
 
-torch is imported where a job trains (:func:`timed_train`), not at import: a driver that only
-prepares configs (the Ray stacked launcher's) or finds every job cached never loads it.
+Imported only where jobs train (the app once a config is valid, a launcher when it launches):
+it loads torch and MLflow, which ``--help``, a bad input and a fully cached sweep never need.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,9 +25,7 @@ from pipeline.context import SweepContext
 from pipeline.engines import resolve_engine
 from pipeline.procs import signals_as_interrupt
 from pipeline.tracking import RunLogger
-
-if TYPE_CHECKING:
-    from pipeline.train import History
+from pipeline.train import History, train
 
 log = logging.getLogger("pipeline")
 
@@ -52,8 +50,6 @@ def prepare(cfg: DictConfig, stacking: bool) -> None:
 def deterministic_torch() -> None:
     """Deterministic kernels (the CPU kernels here are: make it a guarantee), set before a
     run is tagged with it, in whichever process trains."""
-    import torch
-
     if not torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(True)
 
@@ -61,8 +57,6 @@ def deterministic_torch() -> None:
 def timed_train(cfgs: Sequence[DictConfig], verbose: bool) -> tuple[list[History], float]:
     """Train configs of one schedule (:func:`pipeline.train.train`), timed, in whichever
     process runs them."""
-    from pipeline.train import train
-
     deterministic_torch()
     t0 = time.perf_counter()
     hists = train(cfgs, on_epoch=print_epoch if verbose else None)

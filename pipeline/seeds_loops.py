@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -108,10 +109,11 @@ def concise(
     loss = nn.HuberLoss() if loss_name == "huber" else nn.MSELoss(reduction=reduction)
     trainer = torch.optim.SGD(net.parameters(), lr=lr)
 
+    layer = cast(nn.Linear, net[0])
+
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             y_hat = net(features)
-            layer = net[0]
             return epoch_numbers(loss(y_hat, labels), y_hat, labels, layer.weight, layer.bias)
 
     out = SeedsResult(epochs=[evaluate()])
@@ -122,7 +124,7 @@ def concise(
             l.backward()
             trainer.step()
         out.epochs.append(evaluate())
-    out.w_hat, out.b_hat = net[0].weight.data.reshape(-1).tolist(), float(net[0].bias.data)
+    out.w_hat, out.b_hat = layer.weight.data.reshape(-1).tolist(), float(layer.bias.data)
     return out
 
 
