@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if not args.skip_sweeps:
             rows += end_to_end(tmp, args.quick)
-    table = pd.DataFrame(rows).set_index("what").fillna("")
+
+    def shown(x: object) -> str:
+        return f"{x:.3g}" if isinstance(x, float) and x == x else "" if x != x else str(x)
+
+    table = pd.DataFrame(rows).set_index("what").astype(object).map(shown)
     print(
         f"linreg-sweep bench, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}: "
         f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
@@ -253,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         "row above it (seeds' loops, MLflow floor, plain app)"
     )
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(table.to_string(float_format=lambda x: f"{x:.3g}"))
+        print(table.to_string())
     if not args.skip_sweeps:
-        e2e_stacked = float(table.loc["ours, stacked, G, default payload", "seconds"])
+        e2e_stacked = next(
+            float(r["seconds"])  # type: ignore[arg-type]
+            for r in rows
+            if r["what"] == "ours, stacked, G, default payload"
+        )
         print(
             f"\nearlier targets: stacked training vs the seeds' loops {seeds / stacked_s:.0f}x "
             f"(>= 100x); end-to-end stacked sweep / (MLflow floor x {n} + stacked training) "
