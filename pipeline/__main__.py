@@ -91,15 +91,24 @@ def cli() -> None:
         raise SystemExit(1) from None
 
 
+def collect_less_often() -> None:
+    """A sweep allocates millions of short-lived objects (configs, MLflow entities) beside the
+    ~3000 modules of torch and MLflow. With Python's default thresholds (a collection every 700
+    allocations) the collector walks that heap again and again: 1-1.5 s of a 9 s sweep here.
+    Every 50000 allocations: the same peak memory (measured), a fraction of the time."""
+    gc.set_threshold(50_000, 20, 10)
+
+
 def exit_quickly() -> None:
-    """Before the interpreter exits: its last garbage collections walk the whole heap of
-    torch's and MLflow's ~3000 modules (1-2 s). Every run is closed and committed by now, so
-    freeze the heap instead: objects are still freed by reference counting, and what only a
-    collection would free goes back to the OS with the process."""
+    """Before the interpreter exits: its last garbage collections walk the whole heap (1-2 s).
+    Every run is closed and committed by now, so freeze the heap instead: objects are still
+    freed by reference counting, and what only a collection would free goes back to the OS
+    with the process."""
     gc.freeze()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line only: the settings are for a process that ends
+    collect_less_often()
     try:
         cli()
     finally:
