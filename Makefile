@@ -48,7 +48,7 @@ cluster-stop: ## stop exactly the Ray head that make cluster started
 train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratch ..." for overrides
 	$(PY) -m pipeline $(ARGS)
 
-sweep: $(STAMP) $(if $(filter ray%,$(LAUNCHER)),$(RAY_STAMP)) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|smoke LAUNCHER=stacked|basic|joblib|ray|ray_stacked ARGS="..."
+sweep: $(STAMP) $(if $(filter ray%,$(LAUNCHER)),$(RAY_STAMP)) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|optimizers|smoke LAUNCHER=stacked|basic|joblib|ray|ray_stacked ARGS="..."
 	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
 report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run

@@ -40,6 +40,8 @@ class LossName(str, Enum):
     squared = "squared"  # d2l's squared_loss: (y_hat - y)^2 / 2
     mse = "mse"  # nn.MSELoss: (y_hat - y)^2
     huber = "huber"  # nn.HuberLoss: quadratic inside |r| < delta, linear outside
+    l1 = "l1"  # nn.L1Loss: |y_hat - y|
+    smooth_l1 = "smooth_l1"  # nn.SmoothL1Loss with beta = loss.delta: huber(delta) / delta
 
 
 class Reduction(str, Enum):
@@ -52,6 +54,7 @@ class InitName(str, Enum):
     normal = "normal"  # w ~ N(0, std^2), b = 0 (d2l)
     zeros = "zeros"  # w = 0, b = 0 (exercise: does it still work?)
     xavier = "xavier"  # w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)), b = 0
+    kaiming = "kaiming"  # w ~ N(0, 1 / fan_in): He's init, nonlinearity 'linear' (gain 1), b = 0
 
 
 class EngineName(str, Enum):
@@ -72,6 +75,13 @@ class ScheduleName(str, Enum):
     step = "step"  # lr * gamma ** floor(t / decay_updates)
     inverse_time = "inverse_time"  # lr / (1 + t / decay_updates)
     cosine = "cosine"  # lr * (1 + cos(pi t / T)) / 2 over the run's T updates
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"  # torch.optim.SGD: θ -= lr·g, or heavy ball with optim.momentum (d2l 11.6)
+    adam = "adam"  # torch.optim.Adam: bias-corrected running means of g and g² (d2l 11.10)
+    adagrad = "adagrad"  # torch.optim.Adagrad: g over the root of the sum of all g² (d2l 11.7)
+    rmsprop = "rmsprop"  # torch.optim.RMSprop: g over the root of a running mean of g² (d2l 11.8)
 
 
 class AveragingName(str, Enum):
@@ -113,7 +123,7 @@ class ModelConfig:
 class LossConfig:
     name: LossName = MISSING  # per-sample loss
     reduction: Reduction = MISSING  # how a batch's per-sample losses are combined
-    delta: float = MISSING  # Huber threshold (ignored by the other losses)
+    delta: float = MISSING  # where huber and smooth_l1 turn linear: Huber's delta, SmoothL1's beta
 
 
 @dataclass
@@ -125,7 +135,13 @@ class InitConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = MISSING  # SGD learning rate, before lr_scaling
+    name: OptimizerName = MISSING  # the update rule (conf/optim/<name>.yaml: torch's defaults)
+    lr: float = MISSING  # learning rate, before lr_scaling
+    momentum: float = MISSING  # sgd: heavy-ball momentum in [0, 1) (dampening 0); 0 = plain SGD
+    beta1: float = MISSING  # adam: decay of the running mean of g, in [0, 1)
+    beta2: float = MISSING  # adam: decay of the running mean of g², in [0, 1)
+    alpha: float = MISSING  # rmsprop: decay of the running mean of g², in [0, 1)
+    eps: float = MISSING  # adam, adagrad, rmsprop: added to the root in the denominator, > 0
     lr_scaling: LrScaling = MISSING  # how the lr follows the batch size
     reference_batch_size: int = MISSING  # the B at which lr_scaling leaves lr unchanged
     schedule: ScheduleName = MISSING  # how the lr changes over the updates
@@ -142,7 +158,7 @@ class TrainConfig:
     min_updates: int = MISSING  # more epochs if needed to make at least this many updates
     drop_last: bool = MISSING  # drop the last partial batch when B does not divide n
     log_every: int = (
-        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~200 points)
+        MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~100 points)
     )
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
@@ -250,12 +266,29 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.decay_updates={cfg.optim.decay_updates}: must be >= 1")
     if not 0 < cfg.optim.gamma <= 1:
         raise ConfigError(f"optim.gamma={cfg.optim.gamma}: must be in (0, 1]")
+    o = cfg.optim
+    for key in ("momentum", "beta1", "beta2", "alpha"):
+        if not 0 <= o[key] < 1:
+            raise ConfigError(f"optim.{key}={o[key]}: must be in [0, 1)")
+    if o.momentum != 0 and OptimizerName(o.name) != OptimizerName.sgd:
+        raise ConfigError(
+            f"optim.momentum={o.momentum}: only optim=sgd takes momentum (optim={o.name.value})"
+        )
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps={o.eps}: must be > 0")
     if not 0 <= cfg.optim.average_from < 1:
         raise ConfigError(f"optim.average_from={cfg.optim.average_from}: must be in [0, 1)")
     if cfg.model.sgd != SgdVariant.no_grad and cfg.model.name != ModelName.scratch:
         raise ConfigError(
             f"model.sgd={cfg.model.sgd.value}: only model=scratch writes its own sgd "
             "(model=linear uses torch.optim); allowed with linear: no_grad"
+        )
+    if cfg.model.sgd != SgdVariant.no_grad and (
+        OptimizerName(o.name) != OptimizerName.sgd or o.momentum != 0
+    ):
+        raise ConfigError(
+            f"model.sgd={cfg.model.sgd.value}: the sgd variants are plain SGD (optim=sgd, "
+            f"optim.momentum=0); allowed with optim={o.name.value}: no_grad"
         )
     n = cfg.data.n
     if n < 1:

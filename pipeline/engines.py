@@ -10,7 +10,9 @@ from pipeline.config import ConfigError, EngineName, LossName, ModelName, SgdVar
 
 # Losses with a closed form in the stacked engine (pipeline.losses implements it): a loss added
 # without one is simply absent here, and its jobs train with their model's d2l code.
-STACKABLE = frozenset({LossName.squared, LossName.mse, LossName.huber})
+STACKABLE = frozenset(
+    {LossName.squared, LossName.mse, LossName.huber, LossName.l1, LossName.smooth_l1}
+)
 
 
 def engine_of(cfg: DictConfig) -> str:

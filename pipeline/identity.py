@@ -42,8 +42,9 @@ def config_hash(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
 
 
 @functools.cache
-def default_values() -> dict[str, Any]:
-    """The flattened config that ``python -m pipeline`` runs with no overrides (from conf/)."""
+def default_values(*overrides: str) -> dict[str, Any]:
+    """The flattened config that ``python -m pipeline`` runs with no overrides (from conf/),
+    or with these (group choices: ``optim=adam`` gives Adam's own defaults)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -51,10 +52,10 @@ def default_values() -> dict[str, Any]:
 
     register_configs()
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own conf/
-        cfg = compose(config_name="config")
+        cfg = compose(config_name="config", overrides=list(overrides))
     else:
         with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config")
+            cfg = compose(config_name="config", overrides=list(overrides))
     return flatten(to_container(cfg))
 
 
@@ -72,12 +73,15 @@ _LABELS = {
     "optim.lr_scaling": "lr-",
     "optim.reference_batch_size": "ref",
     "train.engine": "",
+    "optim.name": "",
+    "optim.momentum": "mom",
 }
 
 
 def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     """Short, readable and distinct within a sweep: the always-interesting keys, plus every
-    other key that differs from the default config (the engine when it is not the default).
+    other key that differs from the default config (the engine when it is not the default;
+    an optimiser's hyperparameters when they differ from its own file's, conf/optim/).
     ``tree``: ``to_container(cfg)``, if already made."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
@@ -85,8 +89,11 @@ def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     loss = cfg.loss.name.value + ("" if reduction == "mean" else f"-{reduction}")
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
     defaults = default_values()
+    optim = cfg.optim.name.value
+    own = defaults if optim == defaults["optim.name"] else default_values(f"optim={optim}")
     for key, value in flatten(tree or to_container(cfg)).items():
-        if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or defaults.get(key) == value:
+        ref = own if key.startswith("optim.") and key != "optim.name" else defaults
+        if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or ref.get(key) == value:
             continue
         if key == "train.engine" and value == "d2l":
             continue  # the model's own code is what the name already says

@@ -170,3 +170,17 @@ def within_factor(measured: float, theory: float, factor: float = 2.0) -> tuple[
         return math.nan, False
     ratio = measured / theory
     return ratio, 1 / factor <= ratio <= factor
+
+
+def prediction_interval(values: Any, level: float = 0.95) -> tuple[float, float]:
+    """(low, high): where one more draw from the values' distribution falls with probability
+    ``level``, on log scale (positive values spanning decades, like losses): exp(m ± t·s·√(1 +
+    1/k)), m and s the mean and sd of the k finite log values, t the Student-t quantile with
+    k − 1 degrees of freedom. (nan, nan) for fewer than 2 values."""
+    a = _finite(values)
+    a = np.log(a[a > 0])
+    if len(a) < 2:
+        return math.nan, math.nan
+    half = float(_st.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) * math.sqrt(1 + 1 / len(a)))
+    m = float(a.mean())
+    return math.exp(m - half), math.exp(m + half)

@@ -5,18 +5,24 @@ metrics, divergence and the History. A step trains K models at once: K = 1 for t
 codes, K ≥ 1 for the stacked closed form.
 
 - :class:`ScratchStep`: d2l 3.2: raw tensors, ``linreg``, a hand-written loss, ``data_iter``
-  and the hand-written ``sgd``, with autograd.
+  and the hand-written ``sgd`` (or d2l chapter 11's hand-written momentum, Adagrad, RMSprop
+  and Adam), with autograd.
 - :class:`LinearStep`: d2l 3.3: ``nn.Sequential(nn.Linear)``, ``DataLoader``, ``nn`` losses
-  and ``torch.optim.SGD``.
+  and ``torch.optim`` (``SGD``, ``Adam``, ``Adagrad``, ``RMSprop``).
 - :class:`StackedStep`: K models as one computation: weights (K, d+1), one matmul per batch,
-  gradients in closed form (what autograd computes for these losses).
+  gradients in closed form (what autograd computes for these losses), and every optimiser's
+  update as one closed form with per-model coefficients (:class:`StackedRule`).
+
+The optimisers follow ``torch.optim``'s update rules exactly (its defaults, its placement of ε),
+so the three steps agree for every ``optim.name``. Each rule takes the gradient of the batch
+loss as its input (``update``): anything that changes the gradient goes before the rule.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -24,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils import data
 
-from pipeline.config import ModelName, Reduction, SgdVariant, effective_lr
+from pipeline.config import ModelName, OptimizerName, Reduction, SgdVariant, effective_lr
 from pipeline.data import with_bias_column
 from pipeline.losses import ClampForm, NominalMean, nn_loss, per_sample, reduce
 
@@ -57,7 +63,8 @@ class Step(Protocol):
         ...
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
-        """One SGD step of every model with its lr (K,); returns the gradients (K, d+1)."""
+        """One step of every model's optimiser (``optim.name``) with its lr (K,) on the
+        gradient of the batch loss; returns those gradients (K, d+1)."""
         ...
 
     def params(self) -> torch.Tensor:
@@ -118,9 +125,99 @@ def graph_nodes(t: torch.Tensor) -> int:
     return len(seen)
 
 
+# d2l chapter 11's optimisers from scratch, in d2l's form (params, states, hyperparams), with
+# torch.optim's ε placement (outside the root) and defaults, so that the scratch model trains
+# exactly like torch.optim in the linear one. d2l puts ε = 1e-6 inside the root instead.
+
+Hyperparams = dict[str, Any]
+
+
+def sgd_momentum(params: list[torch.Tensor], states: list[Any], hyperparams: Hyperparams) -> None:
+    """d2l 11.6: v ← μv + g, p ← p − lr·v (torch.optim.SGD's momentum, dampening 0)."""
+    for p, v in zip(params, states, strict=True):
+        assert p.grad is not None
+        with torch.no_grad():
+            v[:] = hyperparams["momentum"] * v + p.grad
+            p[:] -= hyperparams["lr"] * v
+        p.grad.zero_()
+
+
+def adagrad(params: list[torch.Tensor], states: list[Any], hyperparams: Hyperparams) -> None:
+    """d2l 11.7: s ← s + g², p ← p − lr·g / (√s + ε)."""
+    eps = hyperparams["eps"]
+    for p, s in zip(params, states, strict=True):
+        assert p.grad is not None
+        with torch.no_grad():
+            s[:] += torch.square(p.grad)
+            p[:] -= hyperparams["lr"] * p.grad / (torch.sqrt(s) + eps)
+        p.grad.zero_()
+
+
+def rmsprop(params: list[torch.Tensor], states: list[Any], hyperparams: Hyperparams) -> None:
+    """d2l 11.8: s ← αs + (1 − α)g², p ← p − lr·g / (√s + ε) (d2l calls α gamma)."""
+    gamma, eps = hyperparams["alpha"], hyperparams["eps"]
+    for p, s in zip(params, states, strict=True):
+        assert p.grad is not None
+        with torch.no_grad():
+            s[:] = gamma * s + (1 - gamma) * torch.square(p.grad)
+            p[:] -= hyperparams["lr"] * p.grad / (torch.sqrt(s) + eps)
+        p.grad.zero_()
+
+
+def adam(params: list[torch.Tensor], states: list[Any], hyperparams: Hyperparams) -> None:
+    """d2l 11.10: bias-corrected running means v of g and s of g²,
+    p ← p − lr·v̂ / (√ŝ + ε); hyperparams["t"] counts the steps from 1."""
+    beta1, beta2, eps = hyperparams["beta1"], hyperparams["beta2"], hyperparams["eps"]
+    for p, (v, s) in zip(params, states, strict=True):
+        assert p.grad is not None
+        with torch.no_grad():
+            v[:] = beta1 * v + (1 - beta1) * p.grad
+            s[:] = beta2 * s + (1 - beta2) * torch.square(p.grad)
+            v_bias_corr = v / (1 - beta1 ** hyperparams["t"])
+            s_bias_corr = s / (1 - beta2 ** hyperparams["t"])
+            p[:] -= hyperparams["lr"] * v_bias_corr / (torch.sqrt(s_bias_corr) + eps)
+        p.grad.zero_()
+    hyperparams["t"] += 1
+
+
+class ScratchOptimizer:
+    """The hand-written optimiser of a config: d2l's ``sgd`` for plain SGD, else the chapter 11
+    function, with its states (zeros like each parameter) and hyperparameters."""
+
+    def __init__(self, cfg: DictConfig, params: list[torch.Tensor]):
+        o = cfg.optim
+        self.name, self.params = OptimizerName(o.name), params
+        self.hyperparams: Hyperparams = {
+            "momentum": float(o.momentum),
+            "beta1": float(o.beta1),
+            "beta2": float(o.beta2),
+            "alpha": float(o.alpha),
+            "eps": float(o.eps),
+            "t": 1,
+        }
+        zeros = [torch.zeros_like(p) for p in params]
+        self.states: list[Any] = zeros
+        self.rule: Callable[[list[torch.Tensor], list[Any], Hyperparams], None]
+        if self.name == OptimizerName.sgd:
+            self.rule = sgd_momentum
+        elif self.name == OptimizerName.adam:
+            self.states = [(v, torch.zeros_like(v)) for v in zeros]
+            self.rule = adam
+        else:
+            self.rule = adagrad if self.name == OptimizerName.adagrad else rmsprop
+
+    def step(self, lr: float) -> None:
+        if self.name == OptimizerName.sgd and self.hyperparams["momentum"] == 0:
+            sgd(self.params, lr)  # d2l 3.2's own
+            return
+        self.hyperparams["lr"] = lr
+        self.rule(self.params, self.states, self.hyperparams)
+
+
 class ScratchStep:
     """d2l 3.2, with ``model.sgd`` choosing how its ``sgd`` is written: d2l's, or one of
-    the mistakes the autograd experiment measures (see :class:`pipeline.config.SgdVariant`)."""
+    the mistakes the autograd experiment measures (see :class:`pipeline.config.SgdVariant`);
+    with d2l's, ``optim`` may also choose chapter 11's momentum, Adagrad, RMSprop or Adam."""
 
     def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
         d = theta0.shape[1] - 1
@@ -129,6 +226,7 @@ class ScratchStep:
         self.loss = per_sample(cfg)
         self.reduction, self.batch_size = Reduction(cfg.loss.reduction), int(cfg.train.batch_size)
         self.variant = SgdVariant(cfg.model.sgd)
+        self.optimizer = ScratchOptimizer(cfg, [self.w, self.b])
         self._last: torch.Tensor | None = None
         self._backward_s = 0.0
         self._error: str | None = None
@@ -153,8 +251,8 @@ class ScratchStep:
         assert self.w.grad is not None and self.b.grad is not None
         grad = torch.cat([self.w.grad.reshape(-1), self.b.grad]).reshape(1, -1).detach()
         value = float(lr[0])
-        if self.variant == SgdVariant.no_grad:
-            sgd([self.w, self.b], value)
+        if self.variant == SgdVariant.no_grad:  # d2l's sgd, or chapter 11's other optimisers
+            self.optimizer.step(value)
         elif self.variant == SgdVariant.no_zero_grad:
             with torch.no_grad():  # the next backward() adds to these gradients
                 self.w -= value * self.w.grad
@@ -196,6 +294,19 @@ class ScratchStep:
 # --- d2l 3.3 ----------------------------------------------------------------------------------
 
 
+def torch_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    """torch.optim's optimiser of ``optim.name`` with the config's hyperparameters."""
+    o = cfg.optim
+    name = OptimizerName(o.name)
+    if name == OptimizerName.adam:
+        return torch.optim.Adam(params, lr=lr, betas=(float(o.beta1), float(o.beta2)), eps=o.eps)
+    if name == OptimizerName.adagrad:
+        return torch.optim.Adagrad(params, lr=lr, eps=float(o.eps))
+    if name == OptimizerName.rmsprop:
+        return torch.optim.RMSprop(params, lr=lr, alpha=float(o.alpha), eps=float(o.eps))
+    return torch.optim.SGD(params, lr=lr, momentum=float(o.momentum))
+
+
 class LinearStep:
     def __init__(self, cfg: DictConfig, theta0: torch.Tensor):
         d = theta0.shape[1] - 1
@@ -206,7 +317,7 @@ class LinearStep:
             self.layer.bias.copy_(theta0[0, d:])
         self.loss = nn_loss(cfg)
         self.lr = effective_lr(cfg)
-        self.trainer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        self.trainer = torch_optimizer(cfg, self.net.parameters(), self.lr)
         self._last: torch.Tensor | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -257,13 +368,81 @@ class LinearStep:
 # --- stacked ----------------------------------------------------------------------------------
 
 
+class StackedRule:
+    """The optimisers of K models as one closed form, each model with its own coefficients
+    (columns (K, 1)), so a stack may mix optimisers. With g the model's gradient and t the step
+    count (from 1):
+
+        m ← a·m + b·g,   v ← p·v + q·g²
+        sgd:       θ ← θ − lr·m
+        adaptive:  θ ← θ − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+    ==============  =====  =======  =====  =======  =====  =====
+    optim.name      a      b        p      q        β₁     β₂
+    ==============  =====  =======  =====  =======  =====  =====
+    sgd             μ      1        –      –        –      –
+    adam            beta1  1−beta1  beta2  1−beta2  beta1  beta2
+    adagrad         0      1        1      1        0      0
+    rmsprop         0      1        alpha  1−alpha  0      0
+    ==============  =====  =======  =====  =======  =====  =====
+
+    That is torch.optim's rule for each (SGD's momentum buffer starts as g, Adagrad's sum at
+    0). A stack of plain SGD models (μ = 0) takes the one-line path."""
+
+    def __init__(self, cfgs: Sequence[DictConfig], theta0: torch.Tensor):
+        rows = [self.coefficients(c) for c in cfgs]
+        a, b, p, q, beta1, beta2, eps = torch.tensor(rows, dtype=theta0.dtype).T[:, :, None]
+        self.a, self.b, self.p, self.q, self.eps = a, b, p, q, eps
+        self.beta1, self.beta2 = beta1, beta2
+        self.adaptive = torch.tensor(
+            [[OptimizerName(c.optim.name) != OptimizerName.sgd] for c in cfgs]
+        )
+        self.plain_sgd = bool((a == 0).all() and not self.adaptive.any())
+        self.bias_corrected = bool((beta1 != 0).any() or (beta2 != 0).any())
+        self.m, self.v = torch.zeros_like(theta0), torch.zeros_like(theta0)
+        self.t = 0
+
+    @staticmethod
+    def coefficients(cfg: DictConfig) -> tuple[float, ...]:
+        """(a, b, p, q, β₁, β₂, ε) of one config (the table above; SGD's unused ones 0)."""
+        o = cfg.optim
+        name = OptimizerName(o.name)
+        if name == OptimizerName.adam:
+            b1, b2 = float(o.beta1), float(o.beta2)
+            return (b1, 1 - b1, b2, 1 - b2, b1, b2, float(o.eps))
+        if name == OptimizerName.adagrad:
+            return (0.0, 1.0, 1.0, 1.0, 0.0, 0.0, float(o.eps))
+        if name == OptimizerName.rmsprop:
+            alpha = float(o.alpha)
+            return (0.0, 1.0, alpha, 1 - alpha, 0.0, 0.0, float(o.eps))
+        return (float(o.momentum), 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """θ after one step of every model, lr (K,). A frozen model (lr 0, see
+        ``pipeline.train``) does not move, even once its state has overflowed (0·inf would
+        be nan); every operation is row by row, so nothing of it reaches another model."""
+        if self.plain_sgd:
+            return torch.addcmul(theta, lr[:, None], grad, value=-1.0)
+        self.t += 1
+        self.m = torch.addcmul(self.a * self.m, self.b, grad)
+        self.v = torch.addcmul(self.p * self.v, self.q, grad * grad)  # SGD rows: unused
+        step_size, root = lr[:, None], self.v.sqrt()
+        if self.bias_corrected:
+            step_size = step_size / (1 - self.beta1**self.t)
+            root = root / (1 - self.beta2**self.t).sqrt()
+        denom = torch.where(self.adaptive, root + self.eps, 1.0)
+        moved = theta - step_size * (self.m / denom)
+        return torch.where(step_size > 0, moved, theta)
+
+
 class StackedStep:
     """K configs that share data and batch order (see ``pipeline.train.schedule_key``), each
-    with its own lr, loss, reduction, Huber δ and initial weights."""
+    with its own lr, optimiser, loss, reduction, Huber δ (SmoothL1 β) and initial weights."""
 
     def __init__(self, cfgs: Sequence[DictConfig], theta0: torch.Tensor):
         self.theta = theta0.clone()  # (K, d+1)
         self.form = ClampForm(cfgs, theta0.dtype)
+        self.rule = StackedRule(cfgs, theta0)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -278,13 +457,13 @@ class StackedStep:
         c = self.form.clamp(r)
         sc = self.form.scale(len(A)) * c  # dLoss/dprediction
         self._batch = (sc, A)
-        return torch.linalg.vecdot(sc, torch.add(r, c, alpha=-0.5), dim=0)
+        return torch.linalg.vecdot(sc, self.form.rest(r, c), dim=0)
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
         assert self._batch is not None
         sc, A = self._batch
         grad = sc.T @ A  # (K, d+1): [∇w, ∇b] of every model at once
-        self.theta = torch.addcmul(self.theta, lr[:, None], grad, value=-1.0)
+        self.theta = self.rule.step(self.theta, grad, lr)
         return grad
 
     def params(self) -> torch.Tensor:

@@ -390,10 +390,19 @@ def effective_sigma2(
 
     Squared losses: the residual variance σ² + p s². Huber (an M-estimator): its asymptotic
     covariance is (E[ψ²]/E[ψ']²)(ZᵀZ)⁻¹, so σ² → E[ψ²]/E[ψ']². With this σ² and the lr of
-    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order)."""
-    if _name(loss) == "huber":
+    :func:`huber_lr_eff`, the SGD floor formula holds for Huber too (to leading order).
+    SmoothL1 with β = ``delta`` is Huber(δ = β)/β: the same minimiser, the same σ². L1 (least
+    absolute deviations, ψ = sign): E[ψ²] = 1, E[ψ'] = 2 f(0) with f the residual density,
+    so σ² → 1/(4 f(0)²) (πσ²/2 on clean data: 1.25× the OLS error)."""
+    name = _name(loss)
+    if name in ("huber", "smooth_l1"):
         e2, e1 = huber_moments(sigma, delta, fraction, scale)
         return e2 / e1**2
+    if name == "l1":
+        density = (1 - fraction) * _st.norm.pdf(0, scale=sigma) + fraction * _st.norm.pdf(
+            0, scale=math.sqrt(sigma**2 + scale**2)
+        )
+        return 1 / (4 * density**2)
     return sigma**2 + fraction * scale**2
 
 
@@ -411,6 +420,20 @@ def huber_estimator_error(
     """Asymptotic √E‖ŵ − w‖² of the converged Huber M-estimate: √(d · E[ψ²]/E[ψ']² / n)
     (with n − d − 2 for n as in :func:`ols_error_sq`). Clean data with δ ≫ σ: = OLS error."""
     return ols_error(d, n, math.sqrt(effective_sigma2("huber", sigma, fraction, scale, delta)))
+
+
+def estimator_error(
+    loss: Any,
+    d: int,
+    n: int,
+    sigma: float,
+    delta: float = 1.0,
+    fraction: float = 0.0,
+    scale: float = 0.0,
+) -> float:
+    """Asymptotic √E‖ŵ − w‖² of the minimiser of ``loss`` (mse, squared, huber, smooth_l1,
+    l1) on the data: the OLS error with σ² → :func:`effective_sigma2`."""
+    return ols_error(d, n, math.sqrt(effective_sigma2(loss, sigma, fraction, scale, delta)))
 
 
 def huber_reach_updates(distance: float, lr: float, delta: float) -> float:

@@ -43,6 +43,7 @@ CHOICE_PARAMS = {
     "loss": "loss.name",
     "reduction": "loss.reduction",
     "init": "init.name",
+    "optim": "optim.name",
 }
 
 # The runs table's columns, in order (MLflow's canonical keys: type.`name`).

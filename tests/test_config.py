@@ -23,7 +23,7 @@ def test_every_group_option_composes(override: str) -> None:
     group, option = override.split("=")
     cfg = compose_cfg(override)
     assert cfg.seed == 0
-    if group in ("model", "loss", "init"):
+    if group in ("model", "loss", "init", "optim"):
         assert cfg[group].name.value == option
 
 

@@ -24,10 +24,8 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.job import run_job
 from pipeline.procs import ProcessId, start_time
 from pipeline.tracking import mark_stale_runs, sweep_lock
-from tests.conftest import compose_cfg
 from tests.test_sweep import all_runs, run_app, split
 
 SMALL = ["model=linear,scratch", "optim.lr=0.03,5"]  # 4 jobs, two of them diverge
@@ -77,21 +75,16 @@ def check_store(runs: list[Run], parents: int, configs: int) -> None:
 # --- one sweep at a time ----------------------------------------------------------------------
 
 
-def test_identical_sweeps_at_once_on_a_fresh_and_an_existing_store(
-    tmp_path: Path, tracking_uri: str, client: mlflow.MlflowClient
-) -> None:
+def test_identical_sweeps_at_once_on_a_fresh_store(tmp_path: Path) -> None:
+    """Two processes: both must migrate the store that does not exist yet, then one trains
+    while the other waits for its lock and finds everything cached (a store that already
+    has runs is the in-process tests' case: caching does not depend on concurrency)."""
     fresh = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # no file yet: both migrate it at once
     launcher = "hydra/launcher=stacked"
-    # the existing store already holds two of the configs (trained by the stacked engine)
-    for model in ("linear", "scratch"):
-        run_job(compose_cfg(f"model={model}", "train.engine=stacked"))
-    more = ["model=linear,scratch", "optim.lr=0.03,5,0.1"]  # 6 jobs, 2 cached
     pairs = [start(tmp_path, n, launcher, *SMALL, uri=fresh) for n in ("a", "b")]
-    pairs += [start(tmp_path, n, launcher, *more) for n in ("c", "d")]
     outs = [finish(*p) for p in pairs]
     check_store(all_runs(mlflow.MlflowClient(tracking_uri=fresh)), parents=1, configs=4)
-    check_store(all_runs(client), parents=1, configs=6)
-    assert sum("another sweep of the same jobs is running" in o for o in outs) <= 2
+    assert sum("another sweep of the same jobs is running" in o for o in outs) <= 1
 
 
 def test_the_server_claim_makes_a_second_identical_sweep_wait(

@@ -3,6 +3,7 @@ logs what it trained (engine tag, run name) with the contract of a sequential jo
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
 from pipeline.steps import SCRATCH_PROBES
@@ -90,6 +92,87 @@ def test_mixed_grid_matches_the_d2l_codes_run_by_run() -> None:
             assert_same(hist, seq)
             diverged += seq.diverged
     assert diverged == 8  # the lr-5 cells: the grid really mixes both outcomes
+
+
+# L1 and SmoothL1 in every engine, alone and in one stacked group with the other losses (the
+# L1 columns take sign(r), the others their clamp): sum runs use lr/B, the partial batch and
+# the outliers included
+ROBUST = [
+    ("loss=l1",),
+    ("loss=l1", "loss.reduction=sum", "optim.lr=0.003"),
+    ("loss=l1", "data=outliers"),
+    ("loss=smooth_l1", "loss.delta=0.5"),
+    ("loss=smooth_l1", "loss.delta=0.05", "data=outliers"),
+    ("loss=smooth_l1", "loss.reduction=sum", "optim.lr=0.003"),
+    ("loss=huber", "loss.delta=0.5"),
+    ("loss=mse",),
+]
+
+
+def assert_close(a: History, b: History, rtol: float) -> None:
+    for key in EPOCH_METRICS:
+        np.testing.assert_allclose(a.epochs[key], b.epochs[key], rtol=rtol)
+    np.testing.assert_allclose(a.batch_loss, b.batch_loss, rtol=rtol)
+    np.testing.assert_allclose(a.grad_norm, b.grad_norm, rtol=rtol)
+    np.testing.assert_allclose(a.w_hat, b.w_hat, rtol=rtol)
+
+
+@pytest.mark.parametrize("batch", ["train.batch_size=10", "train.batch_size=300"])
+def test_l1_and_smooth_l1_agree_in_every_engine(batch: str) -> None:
+    composed = [compose_cfg("train.epochs=1", batch, *o) for o in ROBUST]
+
+    def variant(i: int, key: str, value: str) -> DictConfig:
+        cfg = copy.deepcopy(composed[i])
+        OmegaConf.update(cfg, key, value)
+        return cfg
+
+    cfgs = [variant(i, "train.engine", "stacked") for i in range(len(ROBUST))]
+    groups = group_by_schedule(cfgs)
+    assert len(groups) == 2  # clean | outliers
+    for idx in groups:
+        for i, hist in zip(idx, train([cfgs[i] for i in idx]), strict=True):
+            scratch = train_one(variant(i, "model.name", "scratch"))
+            linear = train_one(variant(i, "model.name", "linear"))
+            assert_close(scratch, linear, 1e-9)
+            assert_close(hist, linear, 1e-9)
+
+
+def test_smooth_l1_is_huber_over_beta() -> None:
+    # SmoothL1(β) = Huber(δ = β)/β: at lr η it makes Huber's steps at lr η/β, and prints
+    # Huber's loss over β
+    beta = 0.25
+    common = ("train.engine=stacked", "data=outliers", f"loss.delta={beta}")
+    smooth, huber = train(
+        [
+            compose_cfg(*common, "loss=smooth_l1", "optim.lr=0.03"),
+            compose_cfg(*common, "loss=huber", f"optim.lr={0.03 / beta}"),
+        ]
+    )
+    np.testing.assert_allclose(smooth.w_hat, huber.w_hat, rtol=1e-9)
+    np.testing.assert_allclose(smooth.epochs["w_error"], huber.epochs["w_error"], rtol=1e-9)
+    np.testing.assert_allclose(
+        smooth.epochs["train_loss"], np.array(huber.epochs["train_loss"]) / beta, rtol=1e-9
+    )
+
+
+def test_l1_gradient_at_a_zero_residual_is_zero_in_every_form() -> None:
+    # PyTorch's L1Loss has gradient sign(0) = 0 there; the hand-written loss and the closed
+    # form match it (r = 0 exactly, and residuals of both signs)
+    import torch
+
+    from pipeline.losses import ClampForm, nn_loss, per_sample
+
+    cfg = compose_cfg("loss=l1", "loss.reduction=sum")
+    y = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    for loss in (per_sample(cfg), nn_loss(cfg)):
+        y_hat = torch.tensor([1.0, 2.5, 2.0], dtype=torch.float64, requires_grad=True)
+        loss(y_hat, y).sum().backward()
+        assert y_hat.grad is not None and y_hat.grad.tolist() == [0.0, 1.0, -1.0]
+    form = ClampForm([cfg, compose_cfg("loss=huber")], torch.float64)
+    r = torch.tensor([[0.0, 0.0], [0.5, 0.5], [-2.0, -2.0]], dtype=torch.float64)
+    assert form.clamp(r)[:, 0].tolist() == [0.0, 1.0, -1.0]  # L1: sign(r)
+    assert form.clamp(r)[:, 1].tolist() == [0.0, 0.5, -1.0]  # Huber δ = 1: clamp
+    assert form.value(r).tolist() == pytest.approx([2.5, (0.125 + 1.5) / 3])  # sum, mean
 
 
 def test_log_every_and_many_epochs() -> None:

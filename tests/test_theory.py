@@ -209,3 +209,19 @@ def test_converged_and_failed() -> None:
     assert stats.failed([1.0, 2.0]) and not stats.failed([2.0, 1.0])
     assert stats.failed([1.0, math.nan]) and stats.failed([1.0, 0.5], diverged=True)
     assert not stats.converged([1.0, 2.0, 2.0])  # failed: above its initial loss
+
+
+def test_l1_and_smooth_l1_estimator_errors() -> None:
+    sigma, p, s = 0.01, 0.05, 10.0
+    # LAD on Gaussian noise: σ² → 1/(4 f(0)²) = πσ²/2 (1.25× the OLS error)
+    assert theory.effective_sigma2("l1", sigma) == pytest.approx(math.pi * sigma**2 / 2)
+    # outliers barely move the density at 0: ≈ πσ²/(2(1 − p)²)
+    assert theory.effective_sigma2("l1", sigma, p, s) == pytest.approx(
+        math.pi * sigma**2 / 2 / (1 - p) ** 2, rel=0.01
+    )
+    # SmoothL1(β) = Huber(β)/β: the same minimiser
+    for delta in (0.01, 1.0):
+        assert theory.estimator_error("smooth_l1", 2, 1000, sigma, delta, p, s) == (
+            theory.huber_estimator_error(2, 1000, sigma, delta, p, s)
+        )
+    assert theory.estimator_error("mse", 2, 1000, sigma) == theory.ols_error(2, 1000, sigma)

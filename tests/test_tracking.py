@@ -47,7 +47,13 @@ def test_default_run_holds_the_contract(client: mlflow.MlflowClient, tmp_path: P
     assert run.info.run_name == "linear-mse-lr0.03-bs10-log_every2-s0"
     # params: every leaf of the resolved config, with dots, and the short choice names
     leaves = {k: str(v) for k, v in flatten(to_container(cfg)).items()}
-    short = {"model": "linear", "loss": "mse", "reduction": "mean", "init": "normal"}
+    short = {
+        "model": "linear",
+        "loss": "mse",
+        "reduction": "mean",
+        "init": "normal",
+        "optim": "sgd",
+    }
     assert run.data.params == leaves | short
     for key in (
         "optim.lr",
@@ -187,25 +193,20 @@ def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path
     assert only_run(client).info.status == "KILLED"
 
 
-def test_cli_runs_the_default_job(client: mlflow.MlflowClient, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "model=scratch",
-            "loss=squared",
-            f"hydra.run.dir={tmp_path}/h",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+def test_cli_runs_the_default_job(
+    client: mlflow.MlflowClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command line's entry point, in this process (test_sweep runs the real one)."""
+    from tests.test_reliability import run_cli
+
+    assert run_cli(monkeypatch, "model=scratch", "loss=squared", f"hydra.run.dir={tmp_path}/h") == 0
+    stdout = capsys.readouterr().out
     run = only_run(client)
-    assert f"mlflow run {run.info.run_id}" in proc.stdout
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert f"mlflow run {run.info.run_id}" in stdout
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 4
     assert run.data.metrics["train_loss"] < 1e-4
     assert f"loss {run.data.metrics['train_loss']:f}" in lines[-1]

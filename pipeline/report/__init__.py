@@ -27,6 +27,8 @@ from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
     batch_size,
+    book,
+    catalogue,
     data_size,
     gradients,
     huber,
@@ -34,6 +36,7 @@ from pipeline.report.sections import (
     lr,
     newton,
     no_grad,
+    optimizers,
     partial_batch,
     per_sample,
     reduction,
@@ -54,6 +57,9 @@ SECTIONS: list[ModuleType] = [
     data_size,
     newton,
     partial_batch,
+    catalogue,
+    book,
+    optimizers,
 ]
 
 

@@ -65,7 +65,19 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "schedule": ("params.optim.schedule", str),
     "averaging": ("params.optim.averaging", str),
     "drop_last_param": ("params.train.drop_last", str),
+    "dtype": ("params.train.dtype", str),
+    "optimizer": ("params.optim.name", str),
+    "momentum": ("params.optim.momentum", float),
+    "beta1": ("params.optim.beta1", float),
+    "beta2": ("params.optim.beta2", float),
+    "alpha": ("params.optim.alpha", float),
+    "eps": ("params.optim.eps", float),
 }
+# runs logged before optim.name existed were plain SGD (torch.optim.SGD without momentum)
+_LOGGED_BEFORE = {"optimizer": "sgd", "momentum": "0.0"}
+# what a selection means unless it names the optimiser: d2l's plain SGD, which every question
+# but the optimisers' one is about
+PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0}
 
 
 class SweepData:
@@ -83,6 +95,9 @@ class SweepData:
             self.df = runs
             return
         df = runs.drop_duplicates("tags.config_hash")
+        for name, value in _LOGGED_BEFORE.items():
+            col = _COLUMNS[name][0]
+            df = df.assign(**{col: df[col].fillna(value) if col in df else value})
         typed = {
             name: df[col].astype(kind) if col in df else None
             for name, (col, kind) in _COLUMNS.items()
@@ -108,8 +123,11 @@ class SweepData:
     def select(self, **equal: Any) -> pd.DataFrame:
         """Runs whose params equal the given values (a list or set: any of them). The same
         settings trained by two engines count once (the d2l code's run first), unless the
-        selection is by engine."""
+        selection is by engine. Only plain SGD runs unless the selection names ``optimizer``
+        (:data:`PLAIN_SGD`)."""
         rows = self.df
+        if "optimizer" not in equal:
+            equal = PLAIN_SGD | equal
         for key, value in equal.items():
             if rows.empty:
                 break

@@ -69,7 +69,13 @@ def floor_draws(d: SweepData, row: Any) -> tuple[float, float]:
 def noise_floor_cells(d: SweepData) -> pd.DataFrame:
     """Every constant-lr, converged cell of the sweep (clean data, MSE/½-squared, no
     averaging): the RMS of w_error at the floor over seeds against theory §2."""
-    rows = d.select(outliers=0.0, schedule="constant", averaging="none", loss=["mse", "squared"])
+    rows = d.select(
+        outliers=0.0,
+        schedule="constant",
+        averaging="none",
+        loss=["mse", "squared"],
+        dtype="float64",
+    )
     rows = rows[rows["reduction"].isin(["mean", "sum"]) & (rows["init"] == "normal")]
     rows = with_status(d, rows)
     out = []

@@ -27,6 +27,7 @@ BASE: dict[str, Any] = {
     "min_updates": 0,
     "schedule": "constant",
     "averaging": "none",
+    "dtype": "float64",  # the book section's float32 runs are its own
 }
 
 

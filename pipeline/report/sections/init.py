@@ -18,7 +18,10 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     rows = d.select(**base("init"), lr=0.03, lr_scaling="none", B=10, model="linear")
     rows = s.use(with_status(d, need(rows, varying="init")))
     t = spread(rows, ["init"], "w_error")
-    s.table = t[["init", "w_error (mean ± sd)", "seeds", "left out"]]
+    curves = {r: d.history(r, "w_error") for r in rows["run_id"]}
+    start = rows.assign(start=rows["run_id"].map(lambda r: curves[r][0]))
+    t["w_error at epoch 0 (mean)"] = t["init"].map(start.groupby("init")["start"].mean())
+    s.table = t[["init", "w_error at epoch 0 (mean)", "w_error (mean ± sd)", "seeds", "left out"]]
     normal = np.log(rows.loc[rows["init"] == "normal", "w_error"])
     verdicts = {
         init: stats.compare(np.log(g["w_error"]), normal)
@@ -27,14 +30,14 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     }
     s.answers = {init: c.verdict for init, c in verdicts.items()}
     fig, ax = new_figure()
-    styles = {"normal": "o-", "xavier": "s--", "zeros": "^:"}
+    styles = {"normal": "o-", "xavier": "s--", "zeros": "^:", "kaiming": "d-."}
     for init, g in rows.groupby("init"):
-        curves = np.array([d.history(r, "w_error") for r in g["run_id"]])
-        epochs = np.arange(curves.shape[1])
+        of_init = np.array([curves[r] for r in g["run_id"]])
+        epochs = np.arange(of_init.shape[1])
         ax.errorbar(
             epochs,
-            curves.mean(0),
-            yerr=curves.std(0, ddof=1),
+            of_init.mean(0),
+            yerr=of_init.std(0, ddof=1),
             fmt=styles.get(init, "o-"),
             capsize=3,
             label=f"{init} ({len(g)} seeds)",
