@@ -26,14 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import (
-    ConfigError,
     DataSourceName,
     EngineName,
     InitName,
-    LossName,
-    ModelName,
     Reduction,
-    SgdVariant,
     averaging_start,
     effective_lr,
     lr_factor,
