@@ -52,7 +52,7 @@ CELLS = {  # grid cells x 5 seeds
     "torch_losses": 8 * 5,
     "book": 2 * 5,
     "optimizers": 45 * 5,
-    "fitting": 16 * 5,
+    "fitting": 11 * 5,
     "streaming": 6 * 5,
     "smoke": 4,
 }
