@@ -154,11 +154,19 @@ Row = dict[str, object]
 PLAIN = "plain Hydra+MLflow app, G (basic launcher)"
 
 
+def note(r: Row) -> Row:
+    """A row as soon as it is measured (stderr), so that a long bench shows its progress."""
+    seconds = r["seconds"]
+    assert isinstance(seconds, float)
+    print(f"  {r['what']}: {seconds:.3g} s, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    return r
+
+
 def row(what: str, m: Measured, store: Path | None = None, target: str = "") -> Row:
     out: Row = {"what": what, "seconds": m.seconds, "peak MiB": m.peak_mib, "target": target}
     if store is not None:
         out["points/run"] = points_per_run(store)
-    return out
+    return note(out)
 
 
 def end_to_end(tmp: Path, quick: bool) -> list[Row]:
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         {"what": "ours, sequential (d2l steps), training only", "seconds": sequential},
         {"what": "ours, stacked, training only", "seconds": stacked_s, "target": "<= 0.01"},
     ]
+    for r in rows:
+        note(r)
     rows[1]["ratio"], rows[2]["ratio"] = sequential / seeds, stacked_s / seeds
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -242,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 "target": "<= 1.5",
             },
         ]
+        note(rows[-2]), note(rows[-1])
         if not args.skip_sweeps:
             rows += end_to_end(tmp, args.quick)
 

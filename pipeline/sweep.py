@@ -275,6 +275,8 @@ class GridsSweeperImpl(Sweeper):
         """The jobs as an earlier sweep with this plan key planned them (the ``jobs.json`` of
         its parent run) and that parent's id, or None if there is none or it does not cover
         every job."""
+        from mlflow.exceptions import MlflowException
+
         from pipeline import queries
 
         if exp_id is None:
@@ -287,8 +289,8 @@ class GridsSweeperImpl(Sweeper):
             hashes = {tuple(j["overrides"]): str(j["config_hash"]) for j in planned}
             jobs = [Job(grid, overrides, hashes[tuple(overrides)]) for grid, overrides in cells]
             return jobs, found.info.run_id
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        except (MlflowException, OSError, ValueError, KeyError, TypeError):
+            return None  # no readable jobs.json, or not these jobs: plan in full
 
     # -- running
 

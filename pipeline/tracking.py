@@ -467,13 +467,14 @@ class ParentRun:
         (``jobs_logged``: the reopened run's ``jobs.json`` is this plan's already)."""
         client = get_client(uri)
         liveness = ProcessId.current().tags()
-        keyed = {"plan_key": plan_key} if plan_key else {}
+        # the plan_key tag is written after the jobs.json it vouches for
+        keyed = [RunTag("plan_key", plan_key)] if plan_key else []
         if reuse:
             client.update_run(reuse, status="RUNNING")
-            tags = {"resumed": "true", **liveness, **keyed}
-            client.log_batch(reuse, tags=[RunTag(*kv) for kv in tags.items()])
             if not jobs_logged:  # the same jobs, reached by other overrides or other code
                 client.log_text(reuse, json.dumps(jobs, indent=1), "jobs.json")
+            reopened = [RunTag("resumed", "true"), *(RunTag(*kv) for kv in liveness.items())]
+            client.log_batch(reuse, tags=reopened + keyed)
             return cls(uri, experiment_id, reuse)
         tags = {
             "sweep_hash": sweep_hash,
@@ -481,12 +482,11 @@ class ParentRun:
             "sweep_parent": "true",
             "launcher": launcher,
             **liveness,
-            **keyed,
         }
         name = f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run_id, json.dumps(jobs, indent=1), "jobs.json")
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=keyed)
         save_runs_view(client, experiment_id, run_id)  # what views.runs_view_url opens
         return cls(uri, experiment_id, run_id)
 
