@@ -5,10 +5,14 @@ checks (:class:`ConfigError`), Hydra's type and choice errors at composition
 (``loss.reduction=avg``, ``model=foo``, ``optim.lr=abc``) and a tracking store that cannot be
 used (:class:`StoreError`). ``HYDRA_FULL_ERROR=1`` shows the full trace instead. SIGTERM and
 Ctrl-C close the open runs KILLED and exit 130 (SIGINT) or 143 (SIGTERM).
+
+Light at import: ``--help``, ``--cfg job`` and a bad input never import torch or MLflow (about
+2 s); a job imports them once its config is valid.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -20,11 +24,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import PROJECT_ROOT, ConfigError, register_configs
-from pipeline.job import run_job
+from pipeline.config import PROJECT_ROOT, ConfigError, register_configs, validate
+from pipeline.context import StoreError, tracking_uri
 from pipeline.procs import Interrupted
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
-from pipeline.tracking import StoreError, tracking_uri
 
 register_configs()
 
@@ -38,6 +41,9 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     try:
+        validate(cfg)  # before the imports of torch and MLflow: a bad input costs nothing
+        from pipeline.job import run_job
+
         return run_job(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, StoreError) as exc:
         # One line, no traceback, and no MLflow run was created.
@@ -85,5 +91,25 @@ def cli() -> None:
         raise SystemExit(1) from None
 
 
-if __name__ == "__main__":
-    cli()
+def collect_less_often() -> None:
+    """A sweep allocates millions of short-lived objects (configs, MLflow entities) beside the
+    ~3000 modules of torch and MLflow. With Python's default thresholds (a collection every 700
+    allocations) the collector walks that heap again and again: 1-1.5 s of a 9 s sweep here.
+    Every 50000 allocations: the same peak memory (measured), a fraction of the time."""
+    gc.set_threshold(50_000, 20, 10)
+
+
+def exit_quickly() -> None:
+    """Before the interpreter exits: its last garbage collections walk the whole heap (1-2 s).
+    Every run is closed and committed by now, so freeze the heap instead: objects are still
+    freed by reference counting, and what only a collection would free goes back to the OS
+    with the process."""
+    gc.freeze()
+
+
+if __name__ == "__main__":  # the command line only: the settings are for a process that ends
+    collect_less_often()
+    try:
+        cli()
+    finally:
+        exit_quickly()

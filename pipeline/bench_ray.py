@@ -19,27 +19,61 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import cluster
 from pipeline.config import PROJECT_ROOT
 
 
-def sweep_seconds(launcher: str, store: Path, extra_env: dict[str, str] | None = None) -> float:
-    """Wall time of the bench sweep with ``launcher`` into a fresh store."""
-    env = dict(
+@dataclass(frozen=True)
+class Measured:
+    seconds: float  # wall time of the whole command, start-up included
+    peak_mib: float  # peak resident memory of the command's largest process
+
+
+def run_measured(cmd: list[str], env: dict[str, str], cwd: Path = PROJECT_ROOT) -> Measured:
+    """Run ``cmd`` to completion: its wall time and peak RSS (``wait4``'s rusage of this one
+    child: the largest of it and the processes it waited for). Raises with its output's tail
+    if it fails."""
+    with tempfile.TemporaryFile() as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if proc.returncode != 0:
+            out.seek(0)
+            tail = out.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return Measured(seconds, usage.ru_maxrss / 1024)
+
+
+def sweep_env(store: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a sweep into the SQLite store in ``store`` (outputs beside it)."""
+    return dict(
         os.environ,
         MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
         LINREG_OUTPUTS=str(store / "hydra"),
         **(extra_env or {}),
     )
-    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=bench", f"hydra/launcher={launcher}"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"{launcher} sweep failed:\n{proc.stderr[-3000:]}")
-    return seconds
+
+
+def measure_sweep(
+    launcher: str,
+    store: Path,
+    extra_env: dict[str, str] | None = None,
+    preset: str = "bench",
+    args: tuple[str, ...] = (),
+) -> Measured:
+    """``make sweep SWEEP=preset LAUNCHER=launcher ARGS=args`` into the store in ``store``."""
+    cmd = [sys.executable, "-m", "pipeline", "-m", f"sweep={preset}", f"hydra/launcher={launcher}"]
+    return run_measured([*cmd, *args], sweep_env(store, extra_env))
+
+
+def sweep_seconds(launcher: str, store: Path, extra_env: dict[str, str] | None = None) -> float:
+    """Wall time of the bench sweep with ``launcher`` into a fresh store."""
+    return measure_sweep(launcher, store, extra_env).seconds
 
 
 def on_ray(launcher: str, cpus: int, tmp: Path) -> float:

@@ -34,10 +34,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     """Stable hash of what determines the result: the resolved config (engine included)
-    without the tracking/sweep keys."""
-    tree = {k: v for k, v in to_container(cfg).items() if k not in UNTRACKED_KEYS}
+    without the tracking/sweep keys (``tree``: ``to_container(cfg)``, if already made)."""
+    tree = {k: v for k, v in (tree or to_container(cfg)).items() if k not in UNTRACKED_KEYS}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,10 +81,11 @@ _LABELS = {
 }
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     """Short, readable and distinct within a sweep: the always-interesting keys, plus every
     other key that differs from the default config (the engine when it is not the default;
-    an optimiser's hyperparameters when they differ from its own file's, conf/optim/)."""
+    an optimiser's hyperparameters when they differ from its own file's, conf/optim/).
+    ``tree``: ``to_container(cfg)``, if already made."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
     reduction = cfg.loss.reduction.value
@@ -93,7 +94,7 @@ def run_name(cfg: DictConfig) -> str:
     defaults = default_values()
     optim = cfg.optim.name.value
     own = defaults if optim == defaults["optim.name"] else default_values(f"optim={optim}")
-    for key, value in flatten(to_container(cfg)).items():
+    for key, value in flatten(tree or to_container(cfg)).items():
         ref = own if key.startswith("optim.") and key != "optim.name" else defaults
         if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or ref.get(key) == value:
             continue

@@ -4,6 +4,9 @@ The Hydra app and the basic/joblib launchers come through :func:`run_job` (one c
 by the model's d2l code unless ``train.engine=stacked``); the stacked launchers come through
 :func:`run_group` (configs that share a schedule, trained as one computation, each logged as
 its own run with the same contract).
+
+Imported only where jobs train (the app once a config is valid, a launcher when it launches):
+it loads torch and MLflow, which ``--help``, a bad input and a fully cached sweep never need.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from collections.abc import Sequence
 
 import torch
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import register_configs, validate
+from pipeline.config import RESOLVERS, register_configs, validate
+from pipeline.context import SweepContext
+from pipeline.engines import resolve_engine
 from pipeline.memory import peak_rss
 from pipeline.procs import signals_as_interrupt
-from pipeline.tracking import RunLogger, SweepContext
-from pipeline.train import History, resolve_engine, train
+from pipeline.tracking import RunLogger
+from pipeline.train import History, train
 
 log = logging.getLogger("pipeline")
 
@@ -38,18 +43,30 @@ def print_epoch(epoch: int, m: dict[str, float]) -> None:
 
 def prepare(cfg: DictConfig, stacking: bool) -> None:
     """Validate (ConfigError, before any run exists) and settle the engine, in place."""
-    register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
+    if not all(OmegaConf.has_resolver(name) for name in RESOLVERS):
+        register_configs()  # resolvers, for jobs unpickled in a launcher's worker process
     validate(cfg)
     resolve_engine(cfg, stacking)
-    torch.use_deterministic_algorithms(True)  # CPU kernels here are; make it a guarantee
+
+
+def deterministic_torch() -> None:
+    """Deterministic kernels (the CPU kernels here are: make it a guarantee), set before a
+    run is tagged with it, in whichever process trains."""
+    if not torch.are_deterministic_algorithms_enabled():
+        # What torch.use_deterministic_algorithms(True) does for eager code, without the
+        # import of torch._inductor (and sympy) it makes to set torch.compile's flag too:
+        # ~70 MB of RSS in every job, for a compiler this project never runs.
+        torch._C._set_deterministic_algorithms(True)
 
 
 def timed_train(
     cfgs: Sequence[DictConfig], verbose: bool
 ) -> tuple[list[History], dict[str, float]]:
-    """The Histories, and what the computation cost this machine: ``train_time_s`` (wall
+    """Train configs of one schedule (:func:`pipeline.train.train`) in whichever process runs
+    them; the Histories, and what the computation cost this machine: ``train_time_s`` (wall
     time), ``peak_rss_mb`` and ``rss_start_mb`` (the process's RSS high-water mark while it
     ran, reset at its start, and the RSS it started from; see ``pipeline.memory``)."""
+    deterministic_torch()
     with peak_rss() as rss:
         t0 = time.perf_counter()
         hists = train(cfgs, on_epoch=print_epoch if verbose else None)
@@ -63,6 +80,7 @@ def run_job(
     """Train ``cfg`` and log it as one MLflow run; returns the final full-data MSE (inf when
     the run diverged). Raises ConfigError, before any run exists, for a bad config."""
     prepare(cfg, stacking=False)
+    deterministic_torch()
     context = SweepContext.from_env()  # a sweep prints one progress line per job instead
     with signals_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
         if context is None:

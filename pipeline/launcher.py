@@ -23,11 +23,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
-from pipeline.job import prepare, run_group
+from pipeline.context import SweepContext
 from pipeline.procs import signals_as_interrupt
 from pipeline.sweep import JobComposer, count_progress, sweep_context, timing
-from pipeline.tracking import SweepContext
-from pipeline.train import group_by_schedule
 
 log = logging.getLogger("pipeline.launcher")
 
@@ -37,13 +35,20 @@ def stacked_batch(
 ) -> tuple[SweepContext | None, list[list[str]], list[DictConfig], list[list[int]]]:
     """What every stacking launcher does first: the sweep context, each job's own overrides,
     its config (the plan's, composed once) with its engine settled, and the groups that train
-    as one computation."""
+    as one computation. (Imported here, not at the top: a sweep whose every job is cached
+    sets this launcher up but never launches, and never loads torch or the job's code.)"""
+    from pipeline.job import prepare
+    from pipeline.train import group_by_schedule
+
     compose = JobComposer.shared(hydra_context.config_loader, config)
     context = sweep_context(job_overrides)
     overrides = [JobComposer.task_overrides(o) for o in job_overrides]
-    cfgs = [compose.take(o) for o in overrides]
-    for cfg in cfgs:
-        prepare(cfg, stacking=True)
+    cfgs = []
+    for o in overrides:
+        cfg, planned = compose.take(o)
+        if not planned:  # the plan validated its configs and settled their engine already
+            prepare(cfg, stacking=True)
+        cfgs.append(cfg)
     return context, overrides, cfgs, group_by_schedule(cfgs)
 
 
@@ -62,6 +67,8 @@ class StackedLauncherImpl(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from pipeline.job import run_group
+
         assert self.hydra_context is not None and self.config is not None
         register_configs()
         t0 = time.time()

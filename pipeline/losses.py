@@ -12,7 +12,8 @@
   coef·c·(r − h·c) with h = ½ (h = 0 for L1), its derivative in r is coef·c, and the reduction
   is a per-model scale.
 
-A loss added here without a closed form is simply absent from ``STACKABLE``: the stacked
+A loss added here without a closed form is simply absent from ``STACKABLE``
+(:mod:`pipeline.engines`, torch-free: planning a sweep reads it): the stacked
 engine then refuses it (``train.engine=stacked``) or the job trains with its d2l step
 (``train.engine=auto``), and the run's ``engine`` tag says which.
 """
@@ -27,13 +28,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.config import LossName, Reduction
+from pipeline.engines import STACKABLE
 
 PerSample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# losses the stacked step can train (those with a ClampForm)
-STACKABLE = frozenset(
-    {LossName.squared, LossName.mse, LossName.huber, LossName.l1, LossName.smooth_l1}
-)
 
 
 # --- d2l 3.2: written by hand -----------------------------------------------------------------

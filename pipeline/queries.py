@@ -47,10 +47,31 @@ def get_run(uri: str, run_id: str) -> Run | None:
         return None
 
 
-def finished_by_hash(uri: str, experiment_id: str) -> dict[str, Run]:
-    """The newest FINISHED run of each config_hash in the experiment."""
+def finished_by_hash(
+    uri: str,
+    experiment_id: str,
+    wanted: set[str] | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Run]:
+    """The newest FINISHED run of each config_hash in the experiment. With ``parent_run_id``,
+    that sweep's own runs are read first, and the whole experiment only if some ``wanted``
+    hash is not among them: a re-run of a sweep reads its own runs, not the store's history."""
+    if parent_run_id is not None and wanted is not None:
+        own = newest_by_hash(
+            search_all(
+                uri,
+                experiment_id,
+                f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+            )
+        )
+        if wanted <= own.keys():
+            return own
+    return newest_by_hash(search_all(uri, experiment_id, "attributes.status = 'FINISHED'"))
+
+
+def newest_by_hash(runs: list[Run]) -> dict[str, Run]:
     out: dict[str, Run] = {}
-    for run in search_all(uri, experiment_id, "attributes.status = 'FINISHED'"):
+    for run in runs:
         h = run.data.tags.get("config_hash")
         if h and (h not in out or run.info.start_time > out[h].info.start_time):
             out[h] = run
@@ -65,6 +86,14 @@ def children(uri: str, parent: Run) -> list[Run]:
         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         order_by=["attributes.start_time ASC"],
     )
+
+
+def newest_run(uri: str, experiment_id: str, filter_string: str) -> Run | None:
+    """The most recently started run matching the filter, if any."""
+    runs = get_client(uri).search_runs(
+        [experiment_id], filter_string, max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    return runs[0] if runs else None
 
 
 def latest_sweep(uri: str, experiment: str = "linreg") -> Run | None:
@@ -86,8 +115,9 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in get_client(uri).get_metric_history(run_id, key))
 
 
-def artifact_names(uri: str, run_id: str) -> set[str]:
-    return {a.path for a in get_client(uri).list_artifacts(run_id)}
+def artifact_names(uri: str, run_id: str, path: str | None = None) -> set[str]:
+    """The artifacts of a run at its top level, or in its folder ``path``."""
+    return {a.path for a in get_client(uri).list_artifacts(run_id, path)}
 
 
 def artifact_text(uri: str, run_id: str, path: str) -> str:

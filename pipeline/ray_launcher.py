@@ -37,7 +37,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cluster import SINGLE_NODE_ENV, is_loopback, ray_init_kwargs
-from pipeline.tracking import SweepContext
+from pipeline.context import SweepContext
 
 log = logging.getLogger("pipeline.ray_launcher")
 
@@ -51,7 +51,7 @@ def init_ray(config: DictConfig) -> None:
     """Connect this driver to the cluster; a later sweep in the same process reuses the
     connection (and its warm workers) unless the address or the workers' environment
     changed, which reconnects."""
-    from pipeline.tracking import tracking_uri
+    from pipeline.context import tracking_uri
 
     try:
         kwargs = ray_init_kwargs(tracking_uri(config))

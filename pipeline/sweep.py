@@ -4,9 +4,15 @@ A preset in ``conf/sweep/`` names one or more *grids*; each grid is a basic-swee
 dict whose cartesian product is taken, and the sweep runs the union of the grids (so ``faq``
 is just every preset at once). Before anything is written the sweeper composes every job,
 validates it and hashes it; jobs whose ``config_hash`` already has a FINISHED run are skipped
-(cached), so an interrupted sweep resumes where it stopped. The sweep owns one MLflow parent
+(cached), so an interrupted sweep resumes where it stopped. A re-run of a sweep whose code,
+config files and jobs are unchanged skips that planning: the hashes are the ones its parent run
+recorded (``jobs.json``, found by the ``plan_key`` tag). The sweep owns one MLflow parent
 run; every job it launches gets an explicit ``mlflow.parentRunId`` tag, whichever process runs
 it. The summary is read back from MLflow, not from the launcher's memory.
+
+Light at import (no MLflow, pandas or torch at the top): Hydra instantiates the callback for
+every run, so a bad input or ``--cfg job`` must not pay for them; a fully cached sweep loads
+MLflow to look its jobs up, and never torch.
 """
 
 from __future__ import annotations
@@ -14,41 +20,37 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
+import pickle
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import queries
-from pipeline.config import ConfigError, validate
+from pipeline.config import PROJECT_ROOT, ConfigError, validate
+from pipeline.context import StoreError, SweepContext, tracking_uri
+from pipeline.engines import resolve_engine
 from pipeline.identity import config_hash
 from pipeline.procs import ProcessId, file_lock, signals_as_interrupt, watch_owner
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
-from pipeline.tracking import (
-    ParentRun,
-    StoreError,
-    SweepContext,
-    close_orphans,
-    ensure_experiment,
-    mark_stale_runs,
-    sweep_lock,
-    tracking_uri,
-)
-from pipeline.train import resolve_engine
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+
+    from pipeline.tracking import ParentRun
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -113,14 +115,16 @@ class JobComposer:
 
     A full Hydra composition costs ~0.2 s. Only overrides that pick a config group change the
     defaults list, so compose once per distinct set of group choices and apply the plain
-    key=value overrides to a copy, as Hydra itself does after composing."""
+    key=value overrides to a copy, as Hydra itself does after composing. The copy is unpickled
+    from the composition pickled once: a third of a deepcopy's time, the same config (values,
+    types, flags)."""
 
     def __init__(self, loader: Any, master_config: DictConfig):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         self.loader, self.master_config = loader, master_config
         self.parser = OverridesParser.create(config_loader=loader)
-        self.composed: dict[tuple[str, ...], DictConfig] = {}
+        self.composed: dict[tuple[str, ...], bytes] = {}
         self.planned: dict[tuple[str, ...], DictConfig] = {}
         self.parsed: dict[str, tuple[Any, bool]] = {}
 
@@ -155,8 +159,8 @@ class JobComposer:
         groups = tuple(str(o.input_line) for o, is_group in parsed if is_group)
         if groups not in self.composed:
             full = self.loader.load_sweep_config(self.master_config, list(groups))
-            self.composed[groups] = task_config(full)
-        cfg = copy.deepcopy(self.composed[groups])
+            self.composed[groups] = pickle.dumps(task_config(full))
+        cfg = pickle.loads(self.composed[groups])
         ConfigLoaderImpl._apply_overrides_to_config([o for o, g in parsed if not g], cfg)
         return cfg
 
@@ -164,11 +168,12 @@ class JobComposer:
         """Hold a job's config, composed while planning, for the launcher (compose once)."""
         self.planned[tuple(overrides)] = cfg
 
-    def take(self, overrides: Sequence[str]) -> DictConfig:
-        """The config the plan composed for these overrides (handed over, not copied), or a
-        fresh composition for a launcher used without the grids sweeper."""
+    def take(self, overrides: Sequence[str]) -> tuple[DictConfig, bool]:
+        """The config the plan composed for these overrides (handed over, not copied; True:
+        planned, so validated and its engine settled), or a fresh composition (False) for a
+        launcher used without the grids sweeper."""
         cfg = self.planned.pop(tuple(overrides), None)
-        return cfg if cfg is not None else self(overrides)
+        return (cfg, True) if cfg is not None else (self(overrides), False)
 
 
 class GridsSweeperImpl(Sweeper):
@@ -210,13 +215,19 @@ class GridsSweeperImpl(Sweeper):
         impl = getattr(self.launcher, "launcher", self.launcher)
         return bool(getattr(impl, "stacks_jobs", False))
 
-    def plan(self, arguments: list[str]) -> list[Job]:
+    def cells(self, arguments: list[str]) -> list[tuple[str, list[str]]]:
+        """(grid, overrides) of every job of the sweep."""
+        assert self.hydra_context is not None
+        return expand(self.grids, arguments, self.hydra_context.config_loader, self.seeds)
+
+    def plan(
+        self, arguments: list[str], cells: list[tuple[str, list[str]]] | None = None
+    ) -> list[Job]:
         """Compose, validate, settle the engine and hash every job before anything is written."""
         assert self.hydra_context is not None and self.config is not None
         compose = JobComposer.shared(self.hydra_context.config_loader, self.config)
         jobs = []
-        loader = self.hydra_context.config_loader
-        for grid, overrides in expand(self.grids, arguments, loader, self.seeds):
+        for grid, overrides in self.cells(arguments) if cells is None else cells:
             try:
                 cfg = compose(overrides)
                 validate(cfg)
@@ -228,6 +239,58 @@ class GridsSweeperImpl(Sweeper):
             jobs.append(Job(grid, overrides, config_hash(cfg)))
             compose.keep(overrides, cfg)
         return jobs
+
+    def plan_key(self, cells: list[tuple[str, list[str]]]) -> str | None:
+        """What the plan of these jobs depends on, hashed: the code (pipeline/), every config
+        file Hydra can read (its file search path), the sweep's base config as resolved, the
+        library versions, the launcher's stacking and the jobs' overrides. Equal keys, equal
+        plans. None when the base config does not resolve on its own (then plan in full)."""
+        import hydra
+        import omegaconf
+
+        assert self.hydra_context is not None and self.config is not None
+        digest = hashlib.sha256()
+        for text in (hydra.__version__, omegaconf.__version__, str(self.stacking)):
+            digest.update(text.encode() + b"\0")
+        roots = [PROJECT_ROOT / "pipeline"] + [
+            Path(source.path)
+            for source in self.hydra_context.config_loader.get_sources()
+            if source.scheme() == "file"
+        ]
+        for root in roots:
+            for path in sorted(root.rglob("*")):
+                if path.suffix in (".py", ".yaml", ".yml") and path.is_file():
+                    digest.update(str(path.relative_to(root)).encode() + b"\0")
+                    digest.update(path.read_bytes())
+        try:
+            base = OmegaConf.to_container(task_config(self.config), resolve=True)
+        except OmegaConfBaseException:
+            return None
+        digest.update(json.dumps([base, cells], sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:16]
+
+    def planned_before(
+        self, uri: str, exp_id: str | None, cells: list[tuple[str, list[str]]], key: str
+    ) -> tuple[list[Job], str] | None:
+        """The jobs as an earlier sweep with this plan key planned them (the ``jobs.json`` of
+        its parent run) and that parent's id, or None if there is none or it does not cover
+        every job."""
+        from mlflow.exceptions import MlflowException
+
+        from pipeline import queries
+
+        if exp_id is None:
+            return None
+        found = queries.newest_run(uri, exp_id, f"tags.plan_key = '{key}'")
+        if found is None:
+            return None
+        try:
+            planned = json.loads(queries.artifact_text(uri, found.info.run_id, "jobs.json"))
+            hashes = {tuple(j["overrides"]): str(j["config_hash"]) for j in planned}
+            jobs = [Job(grid, overrides, hashes[tuple(overrides)]) for grid, overrides in cells]
+            return jobs, found.info.run_id
+        except (MlflowException, OSError, ValueError, KeyError, TypeError):
+            return None  # no readable jobs.json, or not these jobs: plan in full
 
     # -- running
 
@@ -245,12 +308,21 @@ class GridsSweeperImpl(Sweeper):
         """Plan, wait for an identical sweep if one runs, launch what is not cached, summarize.
         Returns one list of JobReturns per batch, as Hydra's basic sweeper does. SIGTERM or
         Ctrl-C close the parent run KILLED (the launchers close their open runs)."""
+        from pipeline import queries
+        from pipeline.tracking import ensure_experiment, sweep_lock
+
         assert self.config is not None and self.launcher is not None
         t0 = time.time()
-        jobs = self.plan(list(arguments))
-        self.save_multirun_yaml()
         cfg = self.config
         uri = tracking_uri(cfg)
+        cells = self.cells(list(arguments))
+        key = self.plan_key(cells)
+        before = None
+        if key is not None:  # reads only: nothing is written before the plan is validated
+            known = queries.experiment_id(uri, cfg.tracking.experiment)
+            before = self.planned_before(uri, known, cells, key)
+        jobs, previous = before if before else (self.plan(list(arguments), cells), None)
+        self.save_multirun_yaml()
         exp_id = ensure_experiment(uri, cfg.tracking.experiment)
 
         since = [t0]  # what this sweep may count as done even under sweep.force
@@ -267,7 +339,7 @@ class GridsSweeperImpl(Sweeper):
             )
 
         with signals_as_interrupt(), sweep_lock(uri, exp_id, sweep_hash_of(jobs), waiting):
-            return self.run_locked(uri, exp_id, jobs, arguments, t0, since[0])
+            return self.run_locked(uri, exp_id, jobs, arguments, t0, since[0], key, previous)
 
     def run_locked(
         self,
@@ -277,12 +349,23 @@ class GridsSweeperImpl(Sweeper):
         arguments: list[str],
         t0: float,
         since: float,
+        plan_key: str | None = None,
+        previous: str | None = None,
     ) -> list[Sequence[JobReturn]]:
         """The sweep, holding its lock. ``since``: with ``sweep.force``, runs started since
-        then (by this sweep, or by the identical one it waited for) are not retrained."""
+        then (by this sweep, or by the identical one it waited for) are not retrained.
+        ``previous``: the parent run of an earlier sweep of the same plan, whose runs are
+        looked up first."""
+        from mlflow.entities import RunStatus
+
+        from pipeline import queries
+        from pipeline.tracking import close_orphans
+
         assert self.config is not None and self.launcher is not None
         cfg = self.config
-        finished = queries.finished_by_hash(uri, exp_id)
+        wanted = {j.config_hash for j in jobs}
+        own = None if cfg.sweep.force else previous
+        finished = queries.finished_by_hash(uri, exp_id, wanted, own)
         if cfg.sweep.force:  # retrain, except what an identical sweep we waited for just did
             finished = {h: r for h, r in finished.items() if r.info.start_time >= since * 1000}
         unique: dict[str, Job] = {}
@@ -291,7 +374,7 @@ class GridsSweeperImpl(Sweeper):
             job.cached_run = run.info.run_id if run else None
             unique.setdefault(job.config_hash, job)
         todo = [j for j in unique.values() if j.cached_run is None]
-        parent = open_parent(uri, exp_id, cfg, jobs, arguments, started=since)
+        parent = open_parent(uri, exp_id, cfg, jobs, arguments, started=since, plan_key=plan_key)
         log.info(
             f"sweep '{cfg.sweep.name}': {len(unique)} jobs ({len(jobs)} grid cells), "
             f"{len(unique) - len(todo)} cached, {len(todo)} to run; parent run "
@@ -326,14 +409,25 @@ class GridsSweeperImpl(Sweeper):
         for job, ret in zip(todo, flat, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"job failed: {' '.join(job.overrides)}: {ret._return_value!r}")
-        summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0)
+        cached = {j.config_hash: finished[j.config_hash] for j in unique.values() if j.cached_run}
+        summary = summarize(uri, parent, list(unique.values()), todo, time.time() - t0, cached)
         summary.drop(columns=["run_id"]).to_csv(self.sweep_dir() / "summary.csv", index=False)
         failed = (summary["status"][~summary["cached"]] == "failed").any()
         if cfg.sweep.report and not failed:
-            from pipeline.report import build_report  # matplotlib & co only when asked
+            # the report is a function of the sweep's runs: when this invocation ran none and
+            # the parent holds a complete report, building it again would repeat it
+            if not todo and "report/answers.json" in queries.artifact_names(
+                uri, parent.run_id, "report"
+            ):
+                print(
+                    f"report: unchanged (every job was cached), on the parent run "
+                    f"{parent.run_id} under report/; `make report` builds it again"
+                )
+            else:
+                from pipeline.report import build_report  # matplotlib & co only when asked
 
-            build_report(parent.run_id, uri=uri)
-            print(f"report: logged to the parent run {parent.run_id} under report/")
+                build_report(parent.run_id, uri=uri)
+                print(f"report: logged to the parent run {parent.run_id} under report/")
         if failed:
             raise SystemExit(1)
         return results
@@ -358,16 +452,20 @@ def open_parent(
     jobs: list[Job],
     arguments: list[str],
     started: float = 0.0,
+    plan_key: str | None = None,
 ) -> ParentRun:
     """The sweep's parent run: the one of an earlier run of the same set of jobs (resume), or
     a new one. With ``sweep.force`` only a parent created since this sweep ``started`` (by an
-    identical sweep it waited for) is reused."""
+    identical sweep it waited for) is reused. ``plan_key``: see ``GridsSweeperImpl.plan_key``."""
+    from pipeline import queries
+    from pipeline.tracking import ParentRun
+
     hashes = sorted({j.config_hash for j in jobs})
     sweep_hash = sweep_hash_of(jobs)
     previous = queries.search_all(uri, exp_id, f"tags.sweep_hash = '{sweep_hash}'")
     if cfg.sweep.force:
         previous = [r for r in previous if r.info.start_time >= started * 1000]
-    reuse = max(previous, key=lambda r: r.info.start_time).info.run_id if previous else None
+    newest = max(previous, key=lambda r: r.info.start_time) if previous else None
     return ParentRun.open(
         uri,
         exp_id,
@@ -382,28 +480,44 @@ def open_parent(
         jobs=[
             {"grid": j.grid, "config_hash": j.config_hash, "overrides": j.overrides} for j in jobs
         ],
-        reuse=reuse,
+        reuse=newest.info.run_id if newest else None,
+        plan_key=plan_key,
+        jobs_logged=newest is not None and newest.data.tags.get("plan_key") == plan_key,
     )
 
 
 def summarize(
-    uri: str, parent: ParentRun, jobs: list[Job], ran: list[Job], wall: float
+    uri: str,
+    parent: ParentRun,
+    jobs: list[Job],
+    ran: list[Job],
+    wall: float,
+    cached_runs: dict[str, Run] | None = None,
 ) -> pd.DataFrame:
     """Print and log the table of every job's run and the counts; close the parent. Read back
-    from MLflow, not from the launcher's memory."""
-    parent_run = queries.get_run(uri, parent.run_id)
-    assert parent_run is not None
-    # a resumed parent may hold an older failed attempt of the same config: newest wins
-    found = {r.data.tags.get("config_hash"): r for r in queries.children(uri, parent_run)}
+    from MLflow, not from the launcher's memory: the runs this sweep ran from the parent's
+    children, the cached ones as the cache lookup read them (``cached_runs``, by hash)."""
+    import pandas as pd
+    from mlflow.entities import RunStatus
+
+    from pipeline import queries
+
+    found: dict[str | None, Run] = {}
+    if ran:
+        parent_run = queries.get_run(uri, parent.run_id)
+        assert parent_run is not None
+        # a resumed parent may hold an older failed attempt of the same config: newest wins
+        found = {r.data.tags.get("config_hash"): r for r in queries.children(uri, parent_run)}
     ran_hashes = {j.config_hash for j in ran}
     rows: list[dict[str, Any]] = []
     for job in jobs:
         cached = job.config_hash not in ran_hashes
-        run = (
-            queries.get_run(uri, job.cached_run)
-            if cached and job.cached_run
-            else found.get(job.config_hash)
-        )
+        if not cached:
+            run = found.get(job.config_hash)
+        elif cached_runs is not None and job.config_hash in cached_runs:
+            run = cached_runs[job.config_hash]
+        else:
+            run = queries.get_run(uri, job.cached_run) if job.cached_run else None
         rows.append(row_of(job, run, cached))
     df = pd.DataFrame(rows)
     counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
@@ -480,6 +594,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
+        from pipeline.tracking import ensure_experiment, mark_stale_runs
+
         uri = tracking_uri(config)
         fail_fast_if_unreachable(uri)
         try:

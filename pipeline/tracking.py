@@ -1,10 +1,11 @@
 """The MLflow layer: where runs are written. Reads go through :mod:`pipeline.queries`.
 
 Every write of the project comes through here: the store (client, experiment, SQLite
-settings), one job's run (:class:`RunLogger`, a context manager), a sweep's parent run
-(:class:`ParentRun`) and the sweep context that jobs in other processes need
-(:class:`SweepContext`). Runs are written with an explicit :class:`mlflow.MlflowClient` (explicit
-run ids, no global active-run state, so jobs in other processes can nest runs by id).
+settings), one job's run (:class:`RunLogger`, a context manager) and a sweep's parent run
+(:class:`ParentRun`). The store's URI and the sweep context that jobs in other processes need
+(:class:`SweepContext`) live in the light :mod:`pipeline.context` and are re-exported here.
+Runs are written with an explicit :class:`mlflow.MlflowClient` (explicit run ids, no global
+active-run state, so jobs in other processes can nest runs by id).
 """
 
 from __future__ import annotations
@@ -23,23 +24,34 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import mlflow
 import numpy as np
-import torch
+import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.context import DEFAULT_STORE as DEFAULT_STORE
+from pipeline.context import (
+    HINT,
+    SCHEMES,
+    StoreError,
+    SweepContext,
+    artifact_root,
+    sqlite_path,
+    store_lock_path,
+    tracking_uri,
+)
+from pipeline.engines import engine_of
 from pipeline.identity import config_hash, flatten, run_name, to_container
 from pipeline.procs import ProcessId, file_lock
-from pipeline.train import TRAIN_THREADS, History, engine_of
 from pipeline.views import (
     EXPERIMENT_KIND_TAG,
     TRAINING_KIND,
@@ -49,23 +61,11 @@ from pipeline.views import (
     view_params,
 )
 
-DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
+if TYPE_CHECKING:
+    from pipeline.train import History
 
 
 # --- the store ----------------------------------------------------------------------------------
-
-
-def tracking_uri(cfg: DictConfig | None = None) -> str:
-    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else the project's SQLite store."""
-    explicit = cfg.tracking.uri if cfg is not None else None
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
-
-
-def artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database file, whatever the cwd."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    return None  # a server or other store decides for itself
 
 
 @event.listens_for(Engine, "connect")
@@ -78,28 +78,6 @@ def _sqlite_settings(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.execute("PRAGMA busy_timeout = 30000")
         dbapi_conn.execute("PRAGMA journal_mode = WAL")
         dbapi_conn.execute("PRAGMA synchronous = NORMAL")
-
-
-class StoreError(RuntimeError):
-    """The tracking store cannot be used (malformed URI, corrupted database, ...): one line
-    naming the store and what to do."""
-
-
-# URI schemes of MLflow tracking stores this pipeline accepts (the file store is deprecated
-# by MLflow 3; a scheme-less path would silently become one)
-SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-HINT = "set tracking.uri or $MLFLOW_TRACKING_URI to sqlite:///<dir>/mlflow.db or http://host:port"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def store_lock_path(uri: str, name: str) -> Path | None:
-    """A lock file next to a SQLite database (None for other stores)."""
-    db = sqlite_path(uri)
-    return None if db is None else db.with_name(f"{db.name}.{name}.lock")
 
 
 def first_line(exc: BaseException) -> str:
@@ -124,11 +102,50 @@ def check_sqlite_file(db: Path) -> None:
         raise StoreError(f"tracking store {db} {what} ({exc}): move it away, or {HINT}") from None
 
 
+def store_template() -> Path:
+    """This MLflow version's empty, migrated SQLite store, kept in the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linreg-sweep"
+    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy through SQLite's backup API (the write-ahead log included)."""
+    with (
+        contextlib.closing(sqlite3.connect(src)) as source,
+        contextlib.closing(sqlite3.connect(dst)) as target,
+    ):
+        source.backup(target)
+
+
+def open_new_store(uri: str, db: Path) -> mlflow.MlflowClient:
+    """A new SQLite store. MLflow builds one by running its ~60 schema migrations (about 2 s,
+    more on a busy machine): that is done once per MLflow version, and the empty result kept
+    as a template (:func:`store_template`) that later new stores are copies of."""
+    template = store_template()
+    if template.exists():
+        try:
+            copy_sqlite(template, db)
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # MLflow checks the schema is current
+            return client
+        except Exception:  # a damaged template: rebuild both
+            db.unlink(missing_ok=True)
+            template.unlink(missing_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # creates and migrates the schema
+    with contextlib.suppress(OSError, sqlite3.Error):  # no cache: the next store migrates too
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        copy_sqlite(db, partial)
+        os.replace(partial, template)  # atomic: a reader sees the whole template or none
+    return client
+
+
 @functools.cache
 def get_client(uri: str) -> mlflow.MlflowClient:
     """One client per store and process (creating one costs ~20 ms). A SQLite store is
-    created and migrated here, under a file lock next to it, before anything else touches it
-    (parallel first-time migrations race: ``duplicate column name``). Raises
+    created here (:func:`open_new_store`), under a file lock next to it, before anything else
+    touches it (parallel first-time migrations race: ``duplicate column name``). Raises
     :class:`StoreError` (one line) for a store that cannot be used."""
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme not in SCHEMES or (scheme == "sqlite" and sqlite_path(uri) is None):
@@ -146,8 +163,10 @@ def get_client(uri: str) -> mlflow.MlflowClient:
     assert lock is not None
     try:
         with file_lock(lock):
+            if not db.exists() or db.stat().st_size == 0:
+                return open_new_store(uri, db)
             client = mlflow.MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)  # creates and migrates the schema
+            client.search_experiments(max_results=1)  # migrates a store of an older MLflow
     except Exception as exc:
         raise StoreError(
             f"tracking store {db} cannot be opened ({first_line(exc)}): is it an MLflow SQLite "
@@ -226,6 +245,8 @@ VERSION_TAGS = (
 
 
 def version_tags() -> dict[str, str]:
+    import torch  # a run is tagged after it trained: torch is loaded by then
+
     git = git_state()
     return {
         "git_commit": git.commit,
@@ -238,13 +259,26 @@ def version_tags() -> dict[str, str]:
     }
 
 
-def run_tags(cfg: DictConfig, parent_run_id: str | None) -> dict[str, str]:
+def to_yaml(tree: Any) -> str:
+    """A plain tree as YAML (libyaml's dumper when built in: ~10x OmegaConf.to_yaml's speed)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(tree, Dumper=dumper, sort_keys=False, allow_unicode=True)
+
+
+def run_tags(
+    cfg: DictConfig, parent_run_id: str | None, tree: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The tags a run is created with (``tree``: ``to_container(cfg)``, if already made)."""
+    import torch
+
+    from pipeline.train import TRAIN_THREADS
+
     tags = {
         "model": cfg.model.name.value,
         "loss": cfg.loss.name.value,
         "reduction": cfg.loss.reduction.value,
         "engine": engine_of(cfg),  # the code that trained it: scratch, linear or stacked
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, tree),
         "sweep": cfg.sweep.name,
         **version_tags(),
         # what makes a CPU run bit-reproducible: explicit generators seeded from `seed`,
@@ -306,43 +340,6 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     return out
 
 
-# --- the sweep context of a job -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepContext:
-    """Runtime state a sweep hands its jobs: not configuration, so it travels in the job's
-    environment (Hydra's ``hydra.job.env_set``, set in whichever process runs the job) and
-    never in its overrides, params or config hash."""
-
-    parent_run_id: str  # the sweep's MLflow parent run
-    total: int  # jobs the sweep launches (progress lines)
-    started: float  # the sweep's start time (progress lines)
-    owner: str = ""  # the sweep's main process (ProcessId): workers end when it is gone
-
-    ENV = {
-        "parent_run_id": "LINREG_PARENT_RUN_ID",
-        "total": "LINREG_SWEEP_TOTAL",
-        "started": "LINREG_SWEEP_STARTED",
-        "owner": "LINREG_SWEEP_OWNER",
-    }
-
-    def hydra_overrides(self) -> list[str]:
-        return [f"+hydra.job.env_set.{var}={getattr(self, k)}" for k, var in self.ENV.items()]
-
-    @classmethod
-    def from_env(cls, env: Any = None) -> SweepContext | None:
-        env = os.environ if env is None else env
-        if cls.ENV["parent_run_id"] not in env:
-            return None
-        return cls(
-            env[cls.ENV["parent_run_id"]],
-            int(env[cls.ENV["total"]]),
-            float(env[cls.ENV["started"]]),
-            str(env.get(cls.ENV["owner"], "")),
-        )
-
-
 # --- one run ------------------------------------------------------------------------------------
 
 
@@ -352,9 +349,10 @@ class RunLogger:
         with RunLogger(cfg, overrides) as run:
             run.finish(train_one(cfg))
 
-    It opens the run on entry (tags at creation) and always closes it on exit: FINISHED with
-    every param, metric and tag in one ``log_batch`` (diverged or not), FAILED with the error as
-    a tag, or KILLED on Ctrl-C/SIGTERM."""
+    It opens the run on entry (tags at creation, then the config artifacts) and always closes it
+    on exit: FINISHED with every param, metric and tag in one ``log_batch`` (diverged or not),
+    FAILED with the error as a tag, or KILLED on Ctrl-C/SIGTERM. Four writes a run: MLflow's
+    floor (create, one batch, terminate) and one artifact upload."""
 
     def __init__(
         self,
@@ -364,6 +362,7 @@ class RunLogger:
         context: SweepContext | None = None,
     ):
         self.cfg, self.uri = cfg, tracking_uri(cfg)
+        self.tree = to_container(cfg)  # resolved once: tags, name, params and artifact use it
         self.overrides = overrides or []
         self.extra_tags = extra_tags or {}
         self.context = context
@@ -377,10 +376,20 @@ class RunLogger:
         parent = self.context.parent_run_id if self.context else None
         run = self.client.create_run(
             self.experiment_id,
-            run_name=run_name(self.cfg),
-            tags={**run_tags(self.cfg, parent), **self.extra_tags},
+            run_name=run_name(self.cfg, self.tree),
+            tags={**run_tags(self.cfg, parent, self.tree), **self.extra_tags},
         )
         self.run_id = run.info.run_id
+        try:
+            # now, while the run holds only its tags: MLflow reads the run back to find where
+            # its artifacts go, which costs more once it holds hundreds of metrics
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in self.artifacts().items():
+                    (Path(tmp) / name).write_text(text)
+                self.client.log_artifacts(self.run_id, tmp)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def finish(self, hist: History, **metrics: float) -> None:
@@ -415,24 +424,17 @@ class RunLogger:
 
     def artifacts(self) -> dict[str, str]:
         """File name -> text of every artifact of the run."""
-        files = {
-            "config.yaml": OmegaConf.to_yaml(OmegaConf.create(to_container(self.cfg))),
-            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(self.overrides)),
-        }
+        files = {"config.yaml": to_yaml(self.tree), "overrides.yaml": to_yaml(self.overrides)}
         if git_state().dirty:
             files["git.diff"] = git_state().diff
         return files
 
     def _close(self, status: int, metrics: list[Metric], tags: dict[str, str]) -> None:
-        params = [Param(k, str(v)) for k, v in flatten(to_container(self.cfg)).items()]
+        params = [Param(k, str(v)) for k, v in flatten(self.tree).items()]
         params += view_params(self.cfg)
         metrics = [*metrics, *view_metrics(self.cfg, int(time.time() * 1000))]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, text in self.artifacts().items():
-                (Path(tmp) / name).write_text(text)
-            self.client.log_artifacts(self.run_id, tmp)
         self.client.set_terminated(self.run_id, RunStatus.to_string(status))
 
 
@@ -457,15 +459,22 @@ class ParentRun:
         params: dict[str, str],
         jobs: list[dict[str, Any]],
         reuse: str | None,
+        plan_key: str | None = None,
+        jobs_logged: bool = False,
     ) -> ParentRun:
-        """Reopen the run ``reuse`` (RUNNING again, tagged resumed) or create a new one."""
+        """Reopen the run ``reuse`` (RUNNING again, tagged resumed) or create a new one. Its
+        ``jobs.json`` and ``plan_key`` tag let a re-run of the same plan skip planning
+        (``jobs_logged``: the reopened run's ``jobs.json`` is this plan's already)."""
         client = get_client(uri)
         liveness = ProcessId.current().tags()
+        # the plan_key tag is written after the jobs.json it vouches for
+        keyed = [RunTag("plan_key", plan_key)] if plan_key else []
         if reuse:
             client.update_run(reuse, status="RUNNING")
-            client.log_batch(
-                reuse, tags=[RunTag("resumed", "true")] + [RunTag(*kv) for kv in liveness.items()]
-            )
+            if not jobs_logged:  # the same jobs, reached by other overrides or other code
+                client.log_text(reuse, json.dumps(jobs, indent=1), "jobs.json")
+            reopened = [RunTag("resumed", "true"), *(RunTag(*kv) for kv in liveness.items())]
+            client.log_batch(reuse, tags=reopened + keyed)
             return cls(uri, experiment_id, reuse)
         tags = {
             "sweep_hash": sweep_hash,
@@ -476,8 +485,8 @@ class ParentRun:
         }
         name = f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run_id, json.dumps(jobs, indent=1), "jobs.json")
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=keyed)
         save_runs_view(client, experiment_id, run_id)  # what views.runs_view_url opens
         return cls(uri, experiment_id, run_id)
 

@@ -26,14 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import (
-    ConfigError,
     DataSourceName,
     EngineName,
     InitName,
-    LossName,
-    ModelName,
     Reduction,
-    SgdVariant,
     averaging_start,
     effective_lr,
     lr_factor,
@@ -41,7 +37,7 @@ from pipeline.config import (
     planned_updates,
 )
 from pipeline.data import Generators, make_generators, synthetic_data, with_bias_column
-from pipeline.losses import STACKABLE
+from pipeline.engines import engine_of, resolve_engine  # torch-free: the sweeper plans with them
 from pipeline.sources import DataSource, MemorySource, StreamSource
 from pipeline.steps import make_step
 
@@ -106,38 +102,7 @@ class History:
         return math.inf if self.diverged else self.epochs["mse"][-1]
 
 
-# --- which engine trains a config ---------------------------------------------------------------
-
-
-def engine_of(cfg: DictConfig) -> str:
-    """The code that trains a resolved config: ``scratch``, ``linear`` or ``stacked`` (the
-    run's ``engine`` tag)."""
-    engine = EngineName(cfg.train.engine)
-    if engine == EngineName.auto:
-        raise ValueError("train.engine=auto: resolve_engine() first")
-    return "stacked" if engine == EngineName.stacked else ModelName(cfg.model.name).value
-
-
-def resolve_engine(cfg: DictConfig, stacking: bool) -> None:
-    """Settle ``train.engine=auto`` in place: ``stacked`` under a stacking launcher when the loss
-    has a closed form, else the model's own ``d2l`` code. The resolved value is part of the
-    config (and of its hash): a cached stacked run never stands in for a d2l one."""
-    engine = EngineName(cfg.train.engine)
-    stackable = LossName(cfg.loss.name) in STACKABLE
-    d2l_update = SgdVariant(cfg.model.sgd) == SgdVariant.no_grad
-    if engine == EngineName.auto:
-        engine = EngineName.stacked if stacking and stackable and d2l_update else EngineName.d2l
-        cfg.train.engine = engine
-    if engine == EngineName.stacked and not stackable:
-        raise ConfigError(
-            f"train.engine=stacked: loss {cfg.loss.name.value} has no closed form in the stacked "
-            f"engine; use train.engine=d2l or auto"
-        )
-    if engine == EngineName.stacked and not d2l_update:
-        raise ConfigError(
-            f"train.engine=stacked: model.sgd={cfg.model.sgd.value} is an experiment on "
-            "the scratch code's own sgd; use train.engine=d2l or auto"
-        )
+# --- which configs train together -------------------------------------------------------------
 
 
 def schedule_key(cfg: DictConfig) -> str:

@@ -205,9 +205,9 @@ def test_one_schedule_per_call_and_the_engine_is_explicit() -> None:
 def test_a_loss_without_closed_form_is_refused_or_trained_by_its_d2l_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pipeline.train
+    import pipeline.engines
 
-    monkeypatch.setattr(pipeline.train, "STACKABLE", frozenset())  # as a future loss would be
+    monkeypatch.setattr(pipeline.engines, "STACKABLE", frozenset())  # as a future loss would be
     auto = compose_cfg("loss=huber")
     resolve_engine(auto, stacking=True)
     assert auto.train.engine.value == "d2l"  # trained by the right step, and tagged so

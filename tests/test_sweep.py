@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -51,7 +52,7 @@ CELLS = {  # grid cells x 5 seeds
     "torch_losses": 8 * 5,
     "book": 2 * 5,
     "optimizers": 45 * 5,
-    "fitting": 16 * 5,
+    "fitting": 11 * 5,
     "streaming": 6 * 5,
     "smoke": 4,
 }
@@ -82,7 +83,7 @@ def test_each_preset_yields_its_jobs(preset: str) -> None:
 def test_faq_is_the_union_of_all_presets() -> None:
     faq = preset_jobs("faq")
     assert len(faq) == sum(n for p, n in CELLS.items() if p != "smoke")
-    assert 300 <= len({tuple(o) for _, o in faq}) <= 1000  # "a few hundred runs"
+    assert 300 <= len({tuple(o) for _, o in faq}) <= 1000  # every question, 5 seeds a cell
     # every cell of every question runs 5 seeds
     seeds = [next(o for o in overrides if o.startswith("seed=")) for _, overrides in faq]
     assert {s: seeds.count(s) for s in set(seeds)} == {f"seed={i}": len(faq) // 5 for i in range(5)}
@@ -155,14 +156,37 @@ def split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     return parents, children
 
 
-def test_smoke_sweep_then_identical_rerun(
+# One interpreter runs the app's light paths as a command line would, and reports for each its
+# exit code, stderr, and whether torch or MLflow got imported (they take seconds to load).
+LIGHT_PATHS = """
+import contextlib, io, json, os, sys
+from hydra.core.global_hydra import GlobalHydra
+from pipeline.__main__ import cli
+out = []
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["pipeline", *args]
+    os.environ.pop("HYDRA_FULL_ERROR", None)  # cli() sets it for Hydra: as in a fresh process
+    GlobalHydra.instance().clear()
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(io.StringIO()) as std, contextlib.redirect_stderr(err):
+        try:
+            cli()
+        except SystemExit as exc:
+            code = exc.code
+    loaded = ["torch" in sys.modules, "mlflow" in sys.modules]
+    out.append([code, std.getvalue(), err.getvalue(), *loaded])
+print(json.dumps(out))
+"""
+
+
+def test_smoke_sweep_then_identical_rerun_and_light_paths(
     tmp_path: Path,
     client: mlflow.MlflowClient,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    first = sweep_cli(tmp_path, "sweep=smoke")  # the real command line, once
-    assert first.returncode == 0, first.stderr
+    run_app(monkeypatch, tmp_path, "sweep=smoke")
+    first = capsys.readouterr().out
     parents, children = split(all_runs(client))
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
@@ -181,14 +205,42 @@ def test_smoke_sweep_then_identical_rerun(
         "jobs.json",
         "summary.csv",
     }
-    assert "2 finished, 2 diverged, 0 failed, 0 cached" in first.stdout
+    assert "2 finished, 2 diverged, 0 failed, 0 cached" in first
     for n in range(1, 5):
-        assert f"job {n}/4" in first.stdout
+        assert f"job {n}/4" in first
 
-    run_app(monkeypatch, tmp_path, "sweep=smoke")  # again, in this process
-    assert "0 finished, 0 diverged, 0 failed, 4 cached" in capsys.readouterr().out
+    # Then the command line, in one fresh interpreter: --help, --cfg job and bad inputs never
+    # import torch or MLflow; the same sweep again finds every job cached without torch.
+    paths = [
+        ["--help"],
+        ["--cfg", "job"],
+        ["loss.reduction=avg"],  # Hydra's composition refuses it
+        ["train.batch_size=2000"],  # validate() refuses it
+        ["+optim.lrr=0.1"],  # validate() refuses the key Hydra let in
+        ["-m", f"hydra.sweep.dir={tmp_path}/mr", "sweep=smoke"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_PATHS, json.dumps(paths)],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (help_, cfg_job, avg, too_big, unknown, cached) = json.loads(proc.stdout.splitlines()[-1])
+    assert help_[0] == 0 and "== Config ==" in help_[1]
+    assert cfg_job[0] == 0 and "lr:" in cfg_job[1]
+    for code, _, err, *_ in (avg, too_big, unknown):
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "expected one of [mean, sum, nominal]" in avg[2]
+    assert too_big[2].startswith("error: train.batch_size=2000: must be between 1 and data.n")
+    assert unknown[2].startswith("error: optim.lrr: unknown config key; allowed keys in optim: ")
+    for name, result in zip(paths, (help_, cfg_job, avg, too_big, unknown), strict=False):
+        assert result[3:] == [False, False], (name, "imported torch or MLflow")
+    assert cached[0] == 0 and "0 finished, 0 diverged, 0 failed, 4 cached" in cached[1]
+    assert cached[3:] == [False, True]  # MLflow to look the jobs up, never torch
     runs = all_runs(client)
-    assert len(runs) == 5  # no new run: not even a parent
+    assert len(runs) == 5  # no new run: not even a parent, nor for a bad input
     assert split(runs)[0][0].data.metrics["n_cached"] == 4
 
 

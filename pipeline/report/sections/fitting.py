@@ -277,7 +277,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         s.answers["overfit"] = {"config": config_label(g.iloc[0])} | numbers(g, sigma2)
         text.append(
             f"Overfitting, {describe(config_label(g.iloc[0]))}: train MSE {mean_sd(g['mse'])}, "
-            f"val MSE {mean_sd(g['val_mse'])} ({seeds_label(g['seed'])} seeds)."
+            f"val MSE {mean_sd(g['val_mse'])} (seeds: {seeds_label(g['seed'])})."
         )
     if under:
         pick = max(under, key=lambda k: groups[k]["mse"].mean())
