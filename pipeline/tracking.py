@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -103,9 +104,12 @@ def check_sqlite_file(db: Path) -> None:
 
 
 def store_template() -> Path:
-    """This MLflow version's empty, migrated SQLite store, kept in the user's cache."""
+    """An empty, migrated SQLite store, kept in the user's cache, per MLflow version and working
+    directory: MLflow writes the default experiment's artifact location (``<cwd>/mlruns/0``)
+    into a new store, so a copy is exactly the store MLflow would have made here."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linreg-sweep"
-    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+    where = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    return cache / f"mlflow-{mlflow.__version__}-{where}-empty.db"
 
 
 def copy_sqlite(src: Path, dst: Path) -> None:
