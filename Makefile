@@ -48,7 +48,7 @@ cluster-stop: ## stop exactly the Ray head that make cluster started
 train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratch ..." for overrides
 	$(PY) -m pipeline $(ARGS)
 
-sweep: $(STAMP) $(if $(filter ray%,$(LAUNCHER)),$(RAY_STAMP)) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|optimizers|smoke LAUNCHER=stacked|basic|joblib|ray|ray_stacked ARGS="..."
+sweep: $(STAMP) $(if $(filter ray%,$(LAUNCHER)),$(RAY_STAMP)) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|optimizers|fitting|smoke LAUNCHER=stacked|basic|joblib|ray|ray_stacked ARGS="..."
 	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
 report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run
@@ -69,9 +69,10 @@ server-stop: $(STAMP) ## stop the server of `make server` and its PostgreSQL
 server-import: $(STAMP) ## copy the SQLite store mlruns/mlflow.db into the server at $$MLFLOW_TRACKING_URI
 	$(PY) -m pipeline.server_import --from sqlite:///$(CURDIR)/mlruns/mlflow.db --to $(MLFLOW_TRACKING_URI)
 
-bench: $(RAY_STAMP) ## one table: seeds' loops, MLflow floor per run, G vs a plain Hydra+MLflow app, faq fresh and cached; then Ray
+bench: $(RAY_STAMP) ## one table: seeds' loops, MLflow floor per run, G vs a plain Hydra+MLflow app, faq fresh and cached; then Ray, streaming memory
 	$(PY) -m pipeline.bench $(ARGS)
 	$(PY) -m pipeline.bench_ray
+	$(PY) -m pipeline.bench_stream
 
 test: $(RAY_STAMP) ## run the test suite (never touches mlruns/)
 	$(PY) -m pytest $(ARGS)

@@ -89,6 +89,11 @@ class AveragingName(str, Enum):
     tail = "tail"  # the model is the mean of the iterates after optim.average_from of training
 
 
+class DataSourceName(str, Enum):
+    memory = "memory"  # all n examples drawn at once and held (d2l's synthetic_data)
+    stream = "stream"  # drawn chunk by chunk from (seed, chunk index), one chunk held at a time
+
+
 class DType(str, Enum):
     float64 = "float64"  # default: float32 rounding of w (~2e-7) is 0.1% of the error we measure
     float32 = "float32"  # d2l's dtype
@@ -110,7 +115,11 @@ class DataConfig:
     true_b: float = MISSING  # true bias
     n: int = MISSING  # number of examples
     noise: float = MISSING  # std of the Gaussian label noise (sigma)
+    zero_features: int = MISSING  # extra features whose true weight is 0: d = len(true_w) + this
+    n_val: int = MISSING  # held-out examples from the same distribution (own stream); 0 = none
     outliers: OutliersConfig = field(default_factory=OutliersConfig)  # for Huber to shine
+    source: DataSourceName = MISSING  # memory (all held) or stream (chunks, never all held)
+    chunk_size: int = MISSING  # examples per chunk of a stream (a multiple of train.batch_size)
 
 
 @dataclass
@@ -149,6 +158,7 @@ class OptimConfig:
     gamma: float = MISSING  # the step schedule's factor per interval, in (0, 1]
     averaging: AveragingName = MISSING  # iterate averaging (Polyak-Ruppert: average_from 0)
     average_from: float = MISSING  # share of the updates after which iterates are averaged
+    weight_decay: float = MISSING  # L2 on the weights (not the bias): adds weight_decay * w to ∇w
 
 
 @dataclass
@@ -308,9 +318,24 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.noise={cfg.data.noise}: must be a finite number >= 0")
     if len(cfg.data.true_w) < 1:
         raise ConfigError("data.true_w=[]: must hold at least one weight")
+    if cfg.data.zero_features < 0:
+        raise ConfigError(f"data.zero_features={cfg.data.zero_features}: must be >= 0")
+    if cfg.data.n_val < 0:
+        raise ConfigError(f"data.n_val={cfg.data.n_val}: must be >= 0 (0 = no validation set)")
+    if not cfg.optim.weight_decay >= 0:
+        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay}: must be >= 0")
     frac = cfg.data.outliers.fraction
     if not 0 <= frac < 1:
         raise ConfigError(f"data.outliers.fraction={frac}: must be in [0, 1)")
+    chunk = cfg.data.chunk_size
+    if chunk < 1:
+        raise ConfigError(f"data.chunk_size={chunk}: must be >= 1")
+    stream = DataSourceName(cfg.data.source) == DataSourceName.stream
+    if stream and n > chunk and chunk % bs:
+        raise ConfigError(
+            f"data.chunk_size={chunk}: must be a multiple of train.batch_size={bs} with "
+            f"data.source=stream (a batch never straddles two chunks)"
+        )
     if cfg.data.outliers.scale < 0:
         raise ConfigError(f"data.outliers.scale={cfg.data.outliers.scale}: must be >= 0")
     if not cfg.loss.delta > 0:

@@ -75,6 +75,9 @@ _LABELS = {
     "train.engine": "",
     "optim.name": "",
     "optim.momentum": "mom",
+    "data.zero_features": "zf",
+    "data.n_val": "nval",
+    "optim.weight_decay": "wd",
 }
 
 

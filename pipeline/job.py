@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import RESOLVERS, register_configs, validate
 from pipeline.context import SweepContext
 from pipeline.engines import resolve_engine
+from pipeline.memory import peak_rss
 from pipeline.procs import signals_as_interrupt
 from pipeline.tracking import RunLogger
 from pipeline.train import History, train
@@ -33,8 +34,9 @@ log = logging.getLogger("pipeline")
 def print_epoch(epoch: int, m: dict[str, float]) -> None:
     loss = m["train_loss"]
     shown = f"{loss:f}" if abs(loss) < 1e4 else f"{loss:.3e}"  # d2l prints {:f}
+    val = f", val mse {m['val_mse']:.3g}" if "val_mse" in m else ""
     log.info(
-        f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}, "
+        f"epoch {epoch}, loss {shown}, mse {m['mse']:.3g}{val}, "
         f"w error {m['w_error']:.3g}, b error {m['b_error']:.3g}"
     )
 
@@ -51,16 +53,25 @@ def deterministic_torch() -> None:
     """Deterministic kernels (the CPU kernels here are: make it a guarantee), set before a
     run is tagged with it, in whichever process trains."""
     if not torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(True)
+        # What torch.use_deterministic_algorithms(True) does for eager code, without the
+        # import of torch._inductor (and sympy) it makes to set torch.compile's flag too:
+        # ~70 MB of RSS in every job, for a compiler this project never runs.
+        torch._C._set_deterministic_algorithms(True)
 
 
-def timed_train(cfgs: Sequence[DictConfig], verbose: bool) -> tuple[list[History], float]:
-    """Train configs of one schedule (:func:`pipeline.train.train`), timed, in whichever
-    process runs them."""
+def timed_train(
+    cfgs: Sequence[DictConfig], verbose: bool
+) -> tuple[list[History], dict[str, float]]:
+    """Train configs of one schedule (:func:`pipeline.train.train`) in whichever process runs
+    them; the Histories, and what the computation cost this machine: ``train_time_s`` (wall
+    time), ``peak_rss_mb`` and ``rss_start_mb`` (the process's RSS high-water mark while it
+    ran, reset at its start, and the RSS it started from; see ``pipeline.memory``)."""
     deterministic_torch()
-    t0 = time.perf_counter()
-    hists = train(cfgs, on_epoch=print_epoch if verbose else None)
-    return hists, time.perf_counter() - t0
+    with peak_rss() as rss:
+        t0 = time.perf_counter()
+        hists = train(cfgs, on_epoch=print_epoch if verbose else None)
+        seconds = time.perf_counter() - t0
+    return hists, {"train_time_s": seconds, **rss.metrics()}
 
 
 def run_job(
@@ -74,8 +85,8 @@ def run_job(
     with signals_as_interrupt(), RunLogger(cfg, overrides, tags, context) as run:
         if context is None:
             log.info(f"mlflow run {run.run_id} ({run.uri})")
-        (hist,), seconds = timed_train([cfg], verbose=context is None)
-        run.finish(hist, train_time_s=seconds)
+        (hist,), cost = timed_train([cfg], verbose=context is None)
+        run.finish(hist, **cost)
     if hist.diverged:
         log.warning(
             f"WARNING: diverged at update {hist.diverged_at_step} "
@@ -100,7 +111,7 @@ def run_group(
     stack = {"stack_size": str(len(cfgs)), "stack_id": uuid.uuid4().hex, **(tags or {})}
     with signals_as_interrupt():  # SIGTERM: the open run closes KILLED
         try:
-            hists, seconds = timed_train(cfgs, verbose=False)
+            hists, cost = timed_train(cfgs, verbose=False)
             failure: Exception | None = None
         except Exception as exc:  # the group's one computation failed: every job of it failed
             failure = exc
@@ -111,7 +122,7 @@ def run_group(
                 with RunLogger(cfg, list(ret.overrides or []), stack, context) as run:
                     if failure is not None:
                         raise failure
-                    run.finish(hists[k], train_time_s=seconds)
+                    run.finish(hists[k], **cost)
                 ret.return_value, ret.status = hists[k].final_mse, JobStatus.COMPLETED
             except Exception as exc:
                 ret.return_value, ret.status = exc, JobStatus.FAILED

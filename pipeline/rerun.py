@@ -21,7 +21,13 @@ from pipeline.config import register_configs
 from pipeline.identity import config_hash
 from pipeline.job import prepare, run_group, run_job
 from pipeline.steps import TIMED_PROBES
-from pipeline.tracking import VERSION_TAGS, StoreError, tracking_uri, version_tags
+from pipeline.tracking import (
+    MACHINE_METRICS,
+    VERSION_TAGS,
+    StoreError,
+    tracking_uri,
+    version_tags,
+)
 
 
 class RerunError(Exception):
@@ -60,7 +66,7 @@ def histories(uri: str, run: Run) -> dict[str, list[tuple[int, float]]]:
 
 
 # metrics that measure the machine, not the computation: never compared
-TIMINGS = {"train_time_s", *TIMED_PROBES}
+TIMINGS = MACHINE_METRICS | set(TIMED_PROBES)
 
 
 def compare(uri: str, original: Run, rerun: Run) -> pd.DataFrame:

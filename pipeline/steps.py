@@ -21,7 +21,7 @@ loss as its input (``update``): anything that changes the gradient goes before t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -53,9 +53,19 @@ class EpochOrder:
         return list(self.perm[: self.stop].split(self.batch_size))
 
 
+# One chunk of a stream as it arrives: its examples (X, y) and its batch order (a permutation
+# within the chunk: a stream cannot be permuted as a whole). The loop's source yields them
+# lazily: a chunk is drawn only when the batches reach it.
+ShuffledChunk = tuple[torch.Tensor, torch.Tensor, EpochOrder]
+
+
 class Step(Protocol):
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         """The epoch's minibatches, the way this code draws them."""
+        ...
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        """The epoch's minibatches from a stream of chunks, holding one chunk at a time."""
         ...
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -98,8 +108,22 @@ def data_iter(
         yield features[batch_indices], labels[batch_indices]
 
 
+def stream_iter(chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+    """data_iter over a stream: a generator, so each chunk is drawn (or read) only when the
+    batches before it are used up, and memory stays at one chunk whatever n is."""
+    for features, labels, order in chunks:
+        yield from data_iter(order.index_batches(), features, labels)
+
+
 def linreg(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return X @ w + b
+
+
+def l2_penalty(w: torch.Tensor) -> torch.Tensor:
+    """d2l 4.5's weight decay penalty ‖w‖²/2: weight_decay times it, added to the loss, adds
+    weight_decay · w to the weight gradient (what torch.optim's weight_decay adds, before any
+    optimiser's rule: L2, not AdamW's decoupled decay)."""
+    return torch.sum(w.pow(2)) / 2
 
 
 def sgd(params: list[torch.Tensor], lr: float) -> None:
@@ -225,6 +249,7 @@ class ScratchStep:
         self.b = theta0[0, d:].clone().requires_grad_(True)
         self.loss = per_sample(cfg)
         self.reduction, self.batch_size = Reduction(cfg.loss.reduction), int(cfg.train.batch_size)
+        self.weight_decay = float(cfg.optim.weight_decay)
         self.variant = SgdVariant(cfg.model.sgd)
         self.optimizer = ScratchOptimizer(cfg, [self.w, self.b])
         self._last: torch.Tensor | None = None
@@ -234,11 +259,16 @@ class ScratchStep:
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
         return data_iter(order.index_batches(), X, y)
 
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        return stream_iter(chunks)
+
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._last = reduce(
-            self.loss(linreg(X, self.w, self.b), y), self.reduction, self.batch_size
-        )
-        return self._last.detach().reshape(1)
+        data_loss = reduce(self.loss(linreg(X, self.w, self.b), y), self.reduction, self.batch_size)
+        # d2l 4.5: the penalty joins the loss that is differentiated, not the one reported
+        self._last = data_loss
+        if self.weight_decay:
+            self._last = data_loss + self.weight_decay * l2_penalty(self.w)
+        return data_loss.detach().reshape(1)
 
     def update(self, lr: torch.Tensor) -> torch.Tensor:
         assert self._last is not None
@@ -294,6 +324,19 @@ class ScratchStep:
 # --- d2l 3.3 ----------------------------------------------------------------------------------
 
 
+class ChunkStream(data.IterableDataset[Batch]):
+    """A stream of chunks as a torch ``IterableDataset`` of minibatches (one pass = one epoch):
+    what a ``DataLoader`` iterates when the data set is too big for a ``TensorDataset``."""
+
+    def __init__(self, chunks: Iterable[ShuffledChunk]):
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[Batch]:
+        for X, y, order in self.chunks:
+            for idx in order.index_batches():
+                yield X[idx], y[idx]
+
+
 def torch_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optimizer:
     """torch.optim's optimiser of ``optim.name`` with the config's hyperparameters."""
     o = cfg.optim
@@ -317,7 +360,13 @@ class LinearStep:
             self.layer.bias.copy_(theta0[0, d:])
         self.loss = nn_loss(cfg)
         self.lr = effective_lr(cfg)
-        self.trainer = torch_optimizer(cfg, self.net.parameters(), self.lr)
+        # d2l 4.5 (concise): weight decay on the weights only, the bias in its own group
+        self.weight_decay = float(cfg.optim.weight_decay)
+        groups: list[dict[str, Any]] = [
+            {"params": self.layer.weight, "weight_decay": self.weight_decay},
+            {"params": self.layer.bias},
+        ]
+        self.trainer = torch_optimizer(cfg, groups, self.lr)
         self._last: torch.Tensor | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -325,6 +374,10 @@ class LinearStep:
         # one gather per batch instead of d2l's per-sample collation, in the loop's order.
         dataset = data.TensorDataset(X, y)
         return iter(data.DataLoader(dataset, sampler=order.index_batches(), batch_size=None))
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        # batch_size=None: the dataset yields whole batches (no per-sample collation)
+        return iter(data.DataLoader(ChunkStream(chunks), batch_size=None))
 
     def batch_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._last = self.loss(self.net(X), y)
@@ -341,7 +394,9 @@ class LinearStep:
         self._last.backward()
         layer = self.layer
         assert layer.weight.grad is not None and layer.bias.grad is not None
-        grad = torch.cat([layer.weight.grad.reshape(-1), layer.bias.grad]).reshape(1, -1)
+        # the gradient the rule follows: torch.optim adds weight_decay · w to the weight's own
+        grad_w = layer.weight.grad + self.weight_decay * layer.weight.detach()
+        grad = torch.cat([grad_w.reshape(-1), layer.bias.grad]).reshape(1, -1)
         self.trainer.step()
         return grad
 
@@ -443,6 +498,8 @@ class StackedStep:
         self.theta = theta0.clone()  # (K, d+1)
         self.form = ClampForm(cfgs, theta0.dtype)
         self.rule = StackedRule(cfgs, theta0)
+        decay = [float(c.optim.weight_decay) for c in cfgs]
+        self.weight_decay = torch.tensor(decay, dtype=theta0.dtype)[:, None] if any(decay) else None
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def batches(self, X: torch.Tensor, y: torch.Tensor, order: EpochOrder) -> Iterator[Batch]:
@@ -451,6 +508,10 @@ class StackedStep:
         neg_y = -y.reshape(-1, 1)[order.perm]
         B = order.batch_size
         return ((A[i : i + B], neg_y[i : i + B]) for i in range(0, order.stop, B))
+
+    def stream_batches(self, chunks: Iterable[ShuffledChunk]) -> Iterator[Batch]:
+        for X, y, order in chunks:  # gathered once per chunk
+            yield from self.batches(X, y, order)
 
     def batch_loss(self, A: torch.Tensor, neg_y: torch.Tensor) -> torch.Tensor:
         r = torch.addmm(neg_y, A, self.theta.T)  # residuals (B, K)
@@ -463,6 +524,8 @@ class StackedStep:
         assert self._batch is not None
         sc, A = self._batch
         grad = sc.T @ A  # (K, d+1): [∇w, ∇b] of every model at once
+        if self.weight_decay is not None:  # L2 on w, not b: weight_decay · w joins ∇w
+            grad[:, :-1] += self.weight_decay * self.theta[:, :-1]
         self.theta = self.rule.step(self.theta, grad, lr)
         return grad
 

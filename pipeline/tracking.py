@@ -298,6 +298,11 @@ def run_tags(
     return tags
 
 
+# Metrics that measure the machine, not the computation (wall time, memory): a rerun or another
+# launcher trains the same numbers but never the same values of these.
+MACHINE_METRICS = frozenset({"train_time_s", "peak_rss_mb", "rss_start_mb"})
+
+
 def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     """Every number of a History as MLflow metrics; nan/inf are dropped, never logged."""
 
@@ -322,8 +327,11 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     finals = {
         "ols_w_error": hist.ols_w_error,
         "ols_b_error": hist.ols_b_error,
+        "ols_mse": hist.ols_mse,
+        "ols_val_mse": hist.ols_val_mse,  # nan (not logged) without a held-out set
         "b_hat": hist.b_hat,
         "updates": float(hist.updates),
+        "data_mb": hist.data_mb,
     }
     # no dots in metric names: the UI's search box reads `w_hat.0` as an invalid clause
     finals.update({f"w_hat_{i}": v for i, v in enumerate(hist.w_hat)})

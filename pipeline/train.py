@@ -2,8 +2,10 @@
 
 It owns what all trainers share: the data and initial weights (drawn from generators seeded
 from ``seed``), the batch order, the per-epoch full-data metrics, divergence detection, and the
-History. What varies plugs in as a :class:`pipeline.steps.Step`: the d2l 3.2 scratch code, the
-d2l 3.3 ``nn.Linear`` code, or the stacked closed form that trains K configs at once.
+History. The data comes from a source (:mod:`pipeline.sources`): held in memory, or streamed
+in chunks that are drawn again for every pass and never all held. What varies plugs in as a
+:class:`pipeline.steps.Step`: the d2l 3.2 scratch code, the d2l 3.3 ``nn.Linear`` code, or the
+stacked closed form that trains K configs at once.
 
 Nothing here knows about MLflow or printing: :func:`train` returns one History per config and
 calls an optional ``on_epoch`` hook; the job (``pipeline.job``) decides what to do with both.
@@ -24,19 +26,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import (
+    DataSourceName,
     EngineName,
     InitName,
+    Reduction,
     averaging_start,
     effective_lr,
     lr_factor,
     planned_epochs,
     planned_updates,
 )
-from pipeline.data import Generators, make_generators, ols, synthetic_data, with_bias_column
+from pipeline.data import Generators, make_generators, synthetic_data, with_bias_column
 from pipeline.engines import engine_of, resolve_engine  # torch-free: the sweeper plans with them
-from pipeline.steps import EpochOrder, make_step
+from pipeline.sources import DataSource, MemorySource, StreamSource
+from pipeline.steps import make_step
 
 EPOCH_METRICS = ("train_loss", "mse", "w_error", "b_error")
+# with a held-out set (data.n_val > 0): its MSE and the generalisation gap val_mse − mse
+# (`mse` is the training set's MSE)
+VAL_METRICS = ("val_mse", "gap")
 # train.log_every=0 (auto): at most about this many points per logged curve. The per-update
 # curves (batch_loss and three gradient norms) are most of a run's payload, and MLflow's
 # log_batch costs ~0.1 ms a point: 100 points keep a curve's shape and a tail long enough
@@ -56,7 +64,7 @@ class Problem:
 
     X: torch.Tensor
     y: torch.Tensor
-    true_w: torch.Tensor
+    true_w: torch.Tensor  # data.true_w, then data.zero_features zeros
     true_b: float
 
 
@@ -77,7 +85,10 @@ class History:
     b_hat: float = math.nan
     ols_w_error: float = math.nan
     ols_b_error: float = math.nan
+    ols_mse: float = math.nan  # training MSE of the least-squares (min-norm) fit
+    ols_val_mse: float = math.nan  # its MSE on the held-out set (nan without one)
     last_iterate_w_error: float = math.nan  # with iterate averaging: the last iterate's error
+    data_mb: float = math.nan  # MB of examples the data source held at once (all n, or a chunk)
     probes: dict[str, list[float]] = field(default_factory=dict)  # step diagnostics, at `steps`
     update_error: str | None = None  # the update that could not be made (training stopped)
 
@@ -130,13 +141,58 @@ def torch_dtype(cfg: DictConfig) -> torch.dtype:
     return getattr(torch, cfg.train.dtype.value)
 
 
+def true_weights(cfg: DictConfig) -> torch.Tensor:
+    """data.true_w followed by data.zero_features zeros: features that carry no signal."""
+    d = cfg.data
+    return torch.tensor([*d.true_w, *[0.0] * int(d.zero_features)], dtype=torch_dtype(cfg))
+
+
 def make_problem(cfg: DictConfig, gens: Generators) -> Problem:
     d = cfg.data
-    true_w = torch.tensor(list(d.true_w), dtype=torch_dtype(cfg))
+    true_w = true_weights(cfg)
     X, y = synthetic_data(
         true_w, d.true_b, d.n, d.noise, gens.data, d.outliers.fraction, d.outliers.scale
     )
     return Problem(X, y, true_w, float(d.true_b))
+
+
+def make_source(cfg: DictConfig, gens: Generators) -> DataSource:
+    """The config's data: the Problem in memory, or a stream drawn from ``seed`` chunk by chunk
+    (``gens.data`` is then unused: each chunk has its own generator)."""
+    d = cfg.data
+    if DataSourceName(d.source) == DataSourceName.stream:
+        return StreamSource(
+            true_weights(cfg),
+            float(d.true_b),
+            int(d.n),
+            float(d.noise),
+            int(cfg.seed),
+            int(d.chunk_size),
+            float(d.outliers.fraction),
+            float(d.outliers.scale),
+        )
+    p = make_problem(cfg, gens)
+    return MemorySource(p.X, p.y, p.true_w, p.true_b)
+
+
+def make_validation(
+    cfg: DictConfig, gen: torch.Generator, p: Problem | DataSource
+) -> Problem | None:
+    """The held-out set: data.n_val fresh examples from the training data's distribution (the
+    same weights, noise and outlier corruption: generalisation to more of the same), drawn
+    from its own stream; None when data.n_val = 0."""
+    d = cfg.data
+    if d.n_val == 0:
+        return None
+    X, y = synthetic_data(
+        p.true_w, p.true_b, d.n_val, d.noise, gen, d.outliers.fraction, d.outliers.scale
+    )
+    return Problem(X, y, p.true_w, p.true_b)
+
+
+def mse_of(p: Problem, w: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error of the model (w, b) on a data set."""
+    return float(((p.X @ w + b - p.y.reshape(-1)) ** 2).mean())
 
 
 # the torch.nn.init function behind each init (the report's catalogue marks them as trained here)
@@ -199,13 +255,16 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     first = cfgs[0]
     K = len(cfgs)
     gens = make_generators(first.seed)
-    p = make_problem(first, gens)
-    n, d = p.X.shape
-    A, y = with_bias_column(p.X), p.y.reshape(-1, 1)
+    source = make_source(first, gens)
+    n, d, dtype = source.n, len(source.true_w), source.true_w.dtype
+    true_w, true_b = source.true_w, source.true_b
+    val = make_validation(first, gens.val, source)
+    A_val = None if val is None else with_bias_column(val.X)
+    metrics = EPOCH_METRICS + (() if val is None else VAL_METRICS)
     # each config draws its own initial weights from a fresh init stream
     inits = [init_params(c, d, make_generators(c.seed).init) for c in cfgs]
     step = make_step(engine, cfgs, torch.stack([torch.cat([w, b.reshape(1)]) for w, b in inits]))
-    base_lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=p.X.dtype)
+    base_lr = torch.tensor([effective_lr(c) for c in cfgs], dtype=dtype)
     lr = base_lr.clone()
     factors = [lr_factor(c) for c in cfgs]
     scheduled = any(c.optim.schedule.value != "constant" for c in cfgs)
@@ -213,11 +272,12 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     starts = [averaging_start(c) for c in cfgs]
     averaged = torch.tensor([s is not None for s in starts])
     avg_from = min((s for s in starts if s is not None), default=None)
-    avg = torch.zeros(K, d + 1, dtype=p.X.dtype)
-    counts = torch.zeros(K, 1, dtype=p.X.dtype)
-    start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=p.X.dtype)
-    limit = torch.full((K,), math.inf, dtype=p.X.dtype)
-    hists = [History() for _ in cfgs]
+    avg = torch.zeros(K, d + 1, dtype=dtype)
+    counts = torch.zeros(K, 1, dtype=dtype)
+    start_at = torch.tensor([[math.inf if s is None else s] for s in starts], dtype=dtype)
+    limit = torch.full((K,), math.inf, dtype=dtype)
+    summed = torch.tensor([Reduction(c.loss.reduction) == Reduction.sum for c in cfgs])
+    hists = [History(epochs={key: [] for key in metrics}) for _ in cfgs]
     alive = set(range(K))
     frozen: dict[int, torch.Tensor] = {}  # model -> its parameters when it diverged
     updates = [0] * K
@@ -236,18 +296,35 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
             return theta
         return torch.where(averaged[:, None] & (counts > 0), avg, theta)
 
+    def full_data_losses(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K,) train_loss and mse over all n examples, chunk by chunk: a chunk's mean
+        weighs m/n, a sum counts whole. In memory the data is one chunk, whose weight 1 is
+        exact, so the numbers are those of the whole-data formulas."""
+        loss = mse = torch.zeros(K, dtype=dtype)
+        for X, y in source.chunks():
+            share = len(X) / n
+            r = with_bias_column(X) @ theta.T - y  # (m, K)
+            mse = mse + (r**2).mean(0) * share
+            chunk_loss = step.full_loss(X, y, theta)
+            loss = loss + torch.where(summed, chunk_loss, chunk_loss * share)
+        return loss, mse
+
     def record(epoch: int, t: int) -> None:
-        """Full-data metrics of the live models; a non-finite one ends that model. Kept every
-        ``epoch_every`` epochs and at the last one (all of them unless log_every is auto)."""
+        """Full-data metrics of the live models (and held-out ones, at the same parameters); a
+        non-finite one ends that model. Kept every ``epoch_every`` epochs and at the last one
+        (all of them unless log_every is auto)."""
         theta = model_params()
-        r = A @ theta.T - y  # (n, K)
+        train_loss, mse = full_data_losses(theta)
         columns = {
-            "train_loss": step.full_loss(p.X, p.y, theta),
-            "mse": (r**2).mean(0),
-            "w_error": torch.linalg.vector_norm(theta[:, :d] - p.true_w, dim=1),
-            "b_error": (theta[:, d] - p.true_b).abs(),
+            "train_loss": train_loss,
+            "mse": mse,
+            "w_error": torch.linalg.vector_norm(theta[:, :d] - true_w, dim=1),
+            "b_error": (theta[:, d] - true_b).abs(),
         }
-        table = torch.stack([columns[k] for k in EPOCH_METRICS], dim=1).tolist()
+        if val is not None and A_val is not None:
+            columns["val_mse"] = ((A_val @ theta.T - val.y) ** 2).mean(0)
+            columns["gap"] = columns["val_mse"] - columns["mse"]
+        table = torch.stack([columns[k] for k in metrics], dim=1).tolist()
         keep = epoch % epoch_every == 0 or epoch == epochs
         for k in sorted(alive):
             if not all(math.isfinite(v) for v in table[k]):
@@ -255,10 +332,10 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 continue
             if keep:
                 hists[k].epoch_ids.append(epoch)
-                for key, value in zip(EPOCH_METRICS, table[k], strict=True):
+                for key, value in zip(metrics, table[k], strict=True):
                     hists[k].epochs[key].append(value)
         if on_epoch is not None and 0 in alive:
-            on_epoch(epoch, dict(zip(EPOCH_METRICS, table[0], strict=True)))
+            on_epoch(epoch, dict(zip(metrics, table[0], strict=True)))
 
     # plain values: a DictConfig read per update would cost more than the update
     epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
@@ -271,16 +348,16 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     for k in alive:
         limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])
     log_steps: list[int] = []
-    log_loss: list[torch.Tensor] = []
-    log_grad: list[torch.Tensor] = []  # norms taken once at the end
+    # logged values are kept as Python floats, not tensors: hundreds of small tensors kept
+    # alive between a stream's chunk buffers fragment the C heap (measured: +10 MB of RSS)
+    log_loss: list[list[float]] = []
+    log_grad: list[list[list[float]]] = []  # norms taken once at the end
     log_probes: dict[str, list[float]] = {}
     t = 0
     for epoch in range(1, epochs + 1):
         if not alive or step.error is not None:
             break
-        # one randperm per epoch: d2l's data_iter order, and the DataLoader's
-        order = EpochOrder(torch.randperm(n, generator=gens.batches), batch_size, drop_last)
-        for Xb, yb in step.batches(p.X, p.y, order):
+        for Xb, yb in source.epoch(step, gens.batches, batch_size, drop_last):
             t += 1
             loss = step.batch_loss(Xb, yb)
             ok = loss <= limit  # `not <=` also catches nan
@@ -304,28 +381,30 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
                 )
             if t % log_every == 0:
                 log_steps.append(t)
-                log_loss.append(loss)
-                log_grad.append(grad)
+                log_loss.append(loss.tolist())
+                log_grad.append(grad.tolist())
                 for key, value in step.probes().items():
                     log_probes.setdefault(key, []).append(value)
         if alive and step.error is None:
             record(epoch, t)
 
-    loss_t = torch.stack(log_loss, 1).tolist() if log_loss else [[] for _ in cfgs]
+    loss_t = [list(per_model) for per_model in zip(*log_loss, strict=True)] or [[] for _ in cfgs]
     norms: dict[str, list[list[float]]] = {k: [[] for _ in cfgs] for k in ("all", "w", "b")}
     if log_grad:
-        grads = torch.stack(log_grad, 1)  # (K, logged steps, d+1)
+        grads = torch.tensor(log_grad, dtype=dtype).transpose(0, 1).contiguous()  # (K, steps, d+1)
         norms["all"] = torch.linalg.vector_norm(grads, dim=2).tolist()
         norms["w"] = torch.linalg.vector_norm(grads[..., :d], dim=2).tolist()
         norms["b"] = grads[..., d].abs().tolist()
-    w_ols, b_ols = ols(p.X, p.y)
-    ols_w = float(torch.linalg.vector_norm(p.true_w - w_ols))
-    ols_b = abs(p.true_b - float(b_ols))
+    w_ols, b_ols = source.ols()
+    ols_w = float(torch.linalg.vector_norm(true_w - w_ols))
+    ols_b = abs(true_b - float(b_ols))
+    ols_mse = source.mse(w_ols, b_ols)
+    ols_val = math.nan if val is None else mse_of(val, w_ols, b_ols)
     theta, last = model_params(), step.params()
     for k, h in enumerate(hists):
         final = frozen.get(k, theta[k])
         if starts[k] is not None and k not in frozen:
-            h.last_iterate_w_error = float(torch.linalg.vector_norm(last[k, :d] - p.true_w))
+            h.last_iterate_w_error = float(torch.linalg.vector_norm(last[k, :d] - true_w))
         if k not in frozen:
             updates[k] = t
         # a model logs the steps it took: those before the one where it diverged
@@ -338,6 +417,8 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.updates = updates[k]
         h.w_hat, h.b_hat = final[:d].tolist(), float(final[d])
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
+        h.ols_mse, h.ols_val_mse = ols_mse, ols_val
+        h.data_mb = source.held_bytes / 1e6
     return hists
 
 

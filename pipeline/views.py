@@ -35,6 +35,7 @@ CONFIG_METRICS = {
     "delta": "loss.delta",
     "noise": "data.noise",
     "outlier_fraction": "data.outliers.fraction",
+    "weight_decay": "optim.weight_decay",
 }
 # Short params for the choices, so a search reads `params.loss = "huber"` rather than
 # params.`loss.name` (a dotted key needs backquotes in MLflow's search syntax).

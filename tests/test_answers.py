@@ -4,7 +4,6 @@ against theory (stability bound, SGD noise floor, equal-update batch comparison)
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,8 @@ from pipeline.report import build_report
 from tests.test_sweep import run_app
 
 # one sweep for the module (a session fixture: xdist may interleave other modules' tests,
-# which would tear a module fixture down), its tests on one xdist worker
+# which would tear a module fixture down); the chapter's other questions have their own sweep
+# in tests/test_answers_chapter.py, so the two can run on the two xdist workers at once
 pytestmark = pytest.mark.xdist_group("answers")
 
 PRESET = """\
@@ -45,46 +45,17 @@ hydra:
       d2l_pair:
         model: linear,scratch
         train.engine: d2l
-      no_grad:
-        model: scratch
-        train.engine: d2l
-        train.epochs: 1
-        model.sgd: no_grad,without_no_grad,rebind,rebind_detach,no_zero_grad
-      book_scratch:
-        model: scratch
-        loss: squared
-        loss.reduction: nominal
-        train.dtype: float32
-        train.engine: d2l
-      book_concise:
-        model: linear
-        train.dtype: float32
-        train.engine: d2l
-      torch_losses:
-        loss: mse,l1
-        data.outliers.fraction: 0.05
-        train.epochs: 1
-        train.min_updates: 6000
-        optim.averaging: tail
-      optimizers_sgd:
-        train.epochs: 1
-        train.min_updates: 1000
-        train.log_every: 50
-        optim.lr: 0.01,0.03,1
-      optimizers_adam:
-        optim: adam
-        train.epochs: 1
-        train.min_updates: 1000
-        train.log_every: 50
-        optim.lr: 0.01,0.03,1
 """
 
 
-@pytest.fixture(scope="session")
-def answers(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("answers")
+def answers_of_sweep(
+    tmp_path_factory: pytest.TempPathFactory, template_store: Path, name: str, preset: str
+) -> Iterator[Any]:
+    """Run ``preset`` (a sweep preset's text, called ``name``) into a store of its own with the
+    stacked launcher, build the report; yields (answers.json, the report's sections)."""
+    tmp = tmp_path_factory.mktemp(name)
     (tmp / "conf" / "sweep").mkdir(parents=True)
-    (tmp / "conf" / "sweep" / "answers_small.yaml").write_text(PRESET)
+    (tmp / "conf" / "sweep" / f"{name}.yaml").write_text(preset)
     db = tmp / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     with sqlite3.connect(template_store) as src, sqlite3.connect(db) as dst:
@@ -95,12 +66,17 @@ def answers(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -> I
         run_app(
             mp,
             tmp,
-            "sweep=answers_small",
+            f"sweep={name}",
             "hydra/launcher=stacked",
             f"hydra.searchpath=[file://{tmp}/conf]",
         )
         _, sections = build_report("latest", tmp / "report")
         yield json.loads((tmp / "report" / "answers.json").read_text()), sections
+
+
+@pytest.fixture(scope="session")
+def answers(tmp_path_factory: pytest.TempPathFactory, template_store: Path) -> Iterator[Any]:
+    yield from answers_of_sweep(tmp_path_factory, template_store, "answers_small", PRESET)
 
 
 def test_answers_json_has_the_documented_keys(answers: Any) -> None:
@@ -154,76 +130,3 @@ def test_gradient_norms_sit_at_the_label_noise_floor(answers: Any) -> None:
     assert g["scratch_vs_linear_seeds"] == 5 and g["scratch_vs_linear_max_rel_diff"] < 1e-9
     section = {s.key: s for s in answers[1]}["gradients"]
     assert "net[0].weight.grad" in section.code and "every cell meets" in section.answer
-
-
-def test_no_grad_experiment_shows_what_breaks(answers: Any) -> None:
-    a = answers[0]["no_grad"]
-    assert set(a) == {"no_grad", "without_no_grad", "rebind", "rebind_detach", "no_zero_grad"}
-    assert all(v["seeds"] == 5 for v in a.values())
-    # in place outside no_grad: autograd refuses at the first update
-    assert a["without_no_grad"]["raises"] and a["without_no_grad"]["updates"] == 0
-    assert "in-place operation" in a["without_no_grad"]["error"]
-    # out of place: the same numbers, but the graph grows with every update
-    assert a["rebind"]["graph_grows"] and a["rebind"]["same_trajectory_as_no_grad"]
-    assert a["rebind"]["graph_nodes_last"] > 10 * a["no_grad"]["graph_nodes_last"]
-    # detach() cuts it: d2l's graph size and d2l's run
-    detached = a["rebind_detach"]
-    assert not detached["graph_grows"] and detached["same_trajectory_as_no_grad"]
-    assert a["rebind_detach"]["graph_nodes_last"] == a["no_grad"]["graph_nodes_last"]
-    # no zero_grad: the gradients accumulate and the run ends far from the truth
-    assert a["no_zero_grad"]["w_error"]["mean"] > 100 * a["no_grad"]["w_error"]["mean"]
-    assert a["no_zero_grad"]["w_error_vs_no_grad"].startswith("larger")
-
-
-def test_the_book_sits_inside_our_seeds_and_the_half_is_measured(answers: Any) -> None:
-    book = answers[0]["book"]
-    assert book["seeds"] == 5
-    # every printed value is inside the 95% prediction interval of one more seed
-    assert all(book["book_inside"].values()) and len(book["book_inside"]) == 6
-    # epoch 3 sits at the noise floor computed from σ (σ²/2 for ½-squared, σ² for MSE)
-    assert book["floor"]["3.2"] == pytest.approx(0.01**2 / 2, rel=0.01)
-    assert book["floor"]["3.3"] == pytest.approx(0.01**2, rel=0.01)
-    for chapter in ("3.2", "3.3"):
-        assert 0.9 < book["ours_over_floor"][chapter] < 1.1
-    # the ½: the same fit printed at half scale once both are at the floor
-    assert book["half_ratio_epoch3_mean"] == pytest.approx(2, rel=0.03)
-    assert book["mse_ratio_epoch3_mean"] == pytest.approx(1, rel=0.02)
-    # ... and half the gradient: after epoch 1 3.2 is far behind, not at half of 3.3's loss
-    assert book["half_ratio_by_epoch"][0] < 0.05
-
-
-def test_catalogue_and_the_robust_losses_with_outliers(answers: Any) -> None:
-    cat = answers[0]["catalogue"]
-    assert set(cat["trained_losses"]) == {"HuberLoss", "L1Loss", "MSELoss", "SmoothL1Loss"}
-    five = cat["comparison"]["0.05"]
-    assert five["l1"]["vs_mse"] == "smaller error than MSE" and five["l1"]["seeds"] == 5
-    assert five["l1"]["mse_over_loss"] > 10  # 5% of labels with N(0, 10²) noise
-    # MSE's error is the OLS error with σ² + p·s²; L1 sits near its LAD line (below it: SGD
-    # smooths |r|), and its last iterate stays about lr away while the average does not
-    assert 0.5 < five["mse"]["w_error_rms"] / five["mse"]["theory"] < 2
-    assert 0.5 < five["l1"]["w_error_rms"] / five["l1"]["theory"] < 2
-    assert five["l1"]["last_iterate_mean"] > 10 * five["l1"]["w_error_mean"]
-
-
-def test_optimizer_windows_follow_the_rule_and_the_runs(answers: Any) -> None:
-    data, sections = answers
-    opt = data["optimizers"]
-    assert set(opt) == {"sgd", "adam"}
-    for a in opt.values():
-        lo, hi = a["window"]
-        assert a["width_decades"] == pytest.approx(math.log10(hi / lo))
-        assert lo <= a["best_lr"] <= hi and a["seeds"] == 5 and a["runs"] == 15
-        assert {lo, hi} <= set(a["good_lrs"])
-        ilo, ihi = a["window_interpolated"]  # between the window and its bad neighbours
-        assert ilo <= lo and ihi >= hi and a["width_interpolated_decades"] >= a["width_decades"]
-    sgd, adam = opt["sgd"], opt["adam"]
-    # what these runs show: SGD diverges at lr 1 (above its mean-square bound 0.71 for B = 10)
-    # and is within 2x of its best at 0.01 and 0.03; Adam diverges nowhere, but its error
-    # grows faster with lr above its best (step ~ lr per coordinate: floor ∝ lr, not √lr)
-    assert sgd["diverged_runs"] == 5 and adam["diverged_runs"] == 0
-    assert sgd["window"] == [0.01, 0.03] and adam["window"] == [0.03, 0.03]
-    assert adam["slope_above_best"] > 2 * sgd["slope_above_best"]
-    # SGD's theory (transient + floor) puts its window around the measured one
-    assert sgd["theory_window"][0] <= 0.01 and sgd["theory_window"][1] >= 0.03
-    answer = {s.key: s for s in sections}["optimizers"].answer
-    assert "Widest: sgd." in answer and "no run of adam diverged" in answer

@@ -70,6 +70,9 @@ BAD = {
     "loss.delta=inf": "loss.delta",
     "data.true_b=-inf": "data.true_b",
     "model.sgd=rebind": "model.sgd",  # linear uses torch.optim: the variants are scratch's
+    "data.n_val=-1": "data.n_val",
+    "data.zero_features=-2": "data.zero_features",
+    "optim.weight_decay=-0.1": "optim.weight_decay",
 }
 
 

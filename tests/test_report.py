@@ -142,6 +142,7 @@ def test_report_numbers_come_from_the_runs(
         ("init", "init"),
         ("data_size", "data_size"),
         ("partial_batch", "partial_batch"),
+        ("fitting", "fitting"),
     ]:
         assert by_key[key].missing
         assert f"make sweep SWEEP={preset}" in markdown

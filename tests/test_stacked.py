@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
 from pipeline.steps import SCRATCH_PROBES
+from pipeline.tracking import MACHINE_METRICS
 from pipeline.train import (
     EPOCH_METRICS,
+    VAL_METRICS,
     History,
     group_by_schedule,
     resolve_engine,
@@ -33,7 +35,9 @@ def assert_same(stacked: History, sequential: History) -> None:
     assert stacked.diverged_at_step == sequential.diverged_at_step
     assert stacked.updates == sequential.updates
     assert stacked.steps == sequential.steps
-    for key in EPOCH_METRICS:
+    assert stacked.epochs.keys() == sequential.epochs.keys()
+    assert set(EPOCH_METRICS) | set(VAL_METRICS) <= sequential.epochs.keys()  # n_val > 0
+    for key in sequential.epochs:
         assert len(stacked.epochs[key]) == len(sequential.epochs[key])
         np.testing.assert_allclose(stacked.epochs[key], sequential.epochs[key], rtol=1e-5)
     np.testing.assert_allclose(stacked.batch_loss, sequential.batch_loss, rtol=1e-5)
@@ -76,6 +80,8 @@ MIXED = (
         ("train.batch_size=300", "train.drop_last=true"),
         ("train.batch_size=300", "seed=1"),
         ("optim.lr_scaling=sqrt", "train.batch_size=300"),
+        ("optim.weight_decay=0.5", "loss=squared", "loss.reduction=sum", "optim.lr=0.0003"),
+        ("optim.weight_decay=0.2", "train.batch_size=300"),
     ]
 )
 
@@ -247,7 +253,7 @@ def test_stacked_launcher_logs_the_same_runs_as_the_basic_one(
             assert s.data.tags[tag] == b.data.tags[tag]
         # the scratch code also logs its autograd graph's size and backward time
         assert set(s.data.metrics) == set(b.data.metrics) - set(SCRATCH_PROBES)
-        for key in set(s.data.metrics) - {"train_time_s"}:
+        for key in set(s.data.metrics) - MACHINE_METRICS:
             hb = sorted((m.step, m.value) for m in c_basic.get_metric_history(b.info.run_id, key))
             hs = sorted((m.step, m.value) for m in c_stacked.get_metric_history(s.info.run_id, key))
             assert [st for st, _ in hs] == [st for st, _ in hb]

@@ -52,6 +52,8 @@ CELLS = {  # grid cells x 5 seeds
     "torch_losses": 8 * 5,
     "book": 2 * 5,
     "optimizers": 45 * 5,
+    "fitting": 11 * 5,
+    "streaming": 6 * 5,
     "smoke": 4,
 }
 
@@ -81,7 +83,7 @@ def test_each_preset_yields_its_jobs(preset: str) -> None:
 def test_faq_is_the_union_of_all_presets() -> None:
     faq = preset_jobs("faq")
     assert len(faq) == sum(n for p, n in CELLS.items() if p != "smoke")
-    assert 300 <= len({tuple(o) for _, o in faq}) <= 900  # "a few hundred runs"
+    assert 300 <= len({tuple(o) for _, o in faq}) <= 1000  # every question, 5 seeds a cell
     # every cell of every question runs 5 seeds
     seeds = [next(o for o in overrides if o.startswith("seed=")) for _, overrides in faq]
     assert {s: seeds.count(s) for s in set(seeds)} == {f"seed={i}": len(faq) // 5 for i in range(5)}

@@ -96,6 +96,29 @@ def test_ols_reshuffle_transient_huber() -> None:
     assert sq == pytest.approx(0.10, rel=0.01) and 8 < sq / hub < 12
 
 
+def test_ols_train_and_val_mse_against_monte_carlo() -> None:
+    # least squares with an intercept on n = 50 noisy examples, d = 2 true weights then zeros:
+    # below the interpolation threshold (d = 10, 40) and past it (d = 100: minimum norm)
+    rng = np.random.default_rng(0)
+    n, sigma, b = 50, 1.0, 4.2
+    assert theory.ols_val_mse(49, n, sigma) == math.inf  # d + 1 = n: the peak
+    assert theory.ols_train_mse(60, n, sigma) == 0.0
+    for d in (10, 40, 100):
+        w = np.r_[2.0, -3.4, np.zeros(d - 2)]
+        train, val = [], []
+        for _ in range(300):
+            X = rng.standard_normal((n, d))
+            y = X @ w + b + sigma * rng.standard_normal(n)
+            A = np.c_[X, np.ones(n)]
+            theta = np.linalg.lstsq(A, y, rcond=None)[0]  # the minimum-norm one when d + 1 > n
+            train.append(np.mean((A @ theta - y) ** 2))
+            # E over a fresh x ~ N(0, I): σ² + ‖ŵ − w‖² + (b̂ − b)²
+            val.append(sigma**2 + np.sum((theta[:d] - w) ** 2) + (theta[d] - b) ** 2)
+        signal = float(w @ w + b**2)
+        assert np.mean(train) == pytest.approx(theory.ols_train_mse(d, n, sigma), abs=0.02)
+        assert np.mean(val) == pytest.approx(theory.ols_val_mse(d, n, sigma, signal), rel=0.08)
+
+
 # --- against real training ------------------------------------------------------------------
 
 

@@ -15,13 +15,17 @@ from mlflow.entities import Run
 from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, to_container
 from pipeline.job import run_job
-from pipeline.tracking import git_state
+from pipeline.tracking import MACHINE_METRICS, git_state
 from pipeline.views import CONFIG_METRICS
 from tests.conftest import compose_cfg
 
-EPOCH = {"train_loss", "mse", "w_error", "b_error"}
+EPOCH = {"train_loss", "mse", "w_error", "b_error", "val_mse", "gap"}
 STEP = {"batch_loss", "grad_norm", "grad_norm_w", "grad_norm_b"}
-FINAL = {"ols_w_error", "ols_b_error", "w_hat_0", "w_hat_1", "b_hat", "updates", "train_time_s"}
+FINAL = {
+    *("ols_w_error", "ols_b_error", "ols_mse", "ols_val_mse"),
+    *("w_hat_0", "w_hat_1", "b_hat", "updates", "data_mb"),
+    *MACHINE_METRICS,
+}
 # config values also logged as metrics, so the UI sorts and filters them as numbers
 CONFIG = set(CONFIG_METRICS)
 

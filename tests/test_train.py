@@ -205,3 +205,81 @@ def test_scratch_and_linear_gradients_are_equal_on_the_same_batch(loss: str) -> 
     assert float(w_grad.abs().max()) > 0.1  # far from the optimum: a real gradient
     torch.testing.assert_close(w_grad.reshape(-1), weight_grad.reshape(-1), rtol=1e-12, atol=0)
     torch.testing.assert_close(b_grad.reshape(-1), bias_grad.reshape(-1), rtol=1e-12, atol=0)
+
+
+# --- held-out set, zero-weight features, weight decay ---------------------------------------
+
+HELD_OUT = (
+    "data.n=40",
+    "data.noise=1.0",
+    "data.zero_features=20",
+    "data.n_val=200",
+    "train.batch_size=8",
+    "optim.lr=0.05",
+    "optim.weight_decay=0.1",
+    "train.epochs=4",
+)
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_every_engine_logs_the_same_held_out_metrics(optim: str) -> None:
+    from pipeline.train import VAL_METRICS, train
+
+    common = (f"optim={optim}", *HELD_OUT)  # weight decay joins ∇w before either rule
+    hists = {m: train_one(compose_cfg(f"model={m}", *common)) for m in ("scratch", "linear")}
+    hists["stacked"] = train([compose_cfg("train.engine=stacked", *common)])[0]
+    linear = hists["linear"]
+    for h in hists.values():
+        assert set(VAL_METRICS) <= h.epochs.keys() and len(h.epochs["val_mse"]) == 5
+        gap = np.array(h.epochs["val_mse"]) - np.array(h.epochs["mse"])
+        np.testing.assert_allclose(h.epochs["gap"], gap, rtol=1e-12)
+        assert len(h.w_hat) == 22  # 2 true weights + 20 zero-weight features
+        assert math.isfinite(h.ols_val_mse) and h.ols_mse < h.ols_val_mse  # 21 params, n = 40
+        for key in linear.epochs:  # weight decay > 0: the three codes still agree
+            np.testing.assert_allclose(h.epochs[key], linear.epochs[key], rtol=1e-9)
+        np.testing.assert_allclose(h.grad_norm, linear.grad_norm, rtol=1e-9)
+
+
+def test_the_held_out_stream_leaves_data_init_and_batches_as_they_were() -> None:
+    import torch
+
+    from pipeline.data import make_generators
+
+    # what make_generators drew from before the validation stream was added: spawn(3)
+    before = [
+        torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0]))
+        for c in np.random.SeedSequence(7).spawn(3)
+    ]
+    now = make_generators(7)
+    for old, new in zip(before, (now.data, now.init, now.batches), strict=True):
+        assert torch.equal(torch.randn(8, generator=old), torch.randn(8, generator=new))
+    # the held-out set's size changes nothing in training; n_val = 0 logs no val metrics
+    none, some = train_one(compose_cfg("data.n_val=0")), train_one(compose_cfg("data.n_val=50"))
+    assert none.w_hat == some.w_hat and none.epochs["mse"] == some.epochs["mse"]
+    assert "val_mse" not in none.epochs and math.isnan(none.ols_val_mse)
+
+
+def test_held_out_mse_is_the_models_population_mse() -> None:
+    # fresh x ~ N(0, I), ε ~ N(0, σ²): E(ŷ − y)² = σ² + ‖ŵ − w‖² + (b̂ − b)²
+    h = train_one(compose_cfg(*HELD_OUT[:3], "data.n_val=20000", "train.epochs=2"))
+    expected = 1.0 + h.epochs["w_error"][-1] ** 2 + h.epochs["b_error"][-1] ** 2
+    assert h.epochs["val_mse"][-1] == pytest.approx(expected, rel=0.05)  # 5 standard errors
+
+
+@pytest.mark.parametrize("model", ["scratch", "linear"])
+def test_weight_decay_converges_to_ridge_on_w_only(model: str) -> None:
+    import torch
+
+    from pipeline.data import make_generators, with_bias_column
+    from pipeline.train import make_problem
+
+    overrides = (*HELD_OUT[:3], "train.batch_size=40", "optim.weight_decay=1.0")
+    cfg = compose_cfg(f"model={model}", *overrides, "optim.lr=0.1", "train.epochs=300")
+    h = train_one(cfg)
+    # the minimum of mean((Aθ − y)²) + weight_decay/2 · ‖w‖²: (2/n AᵀA + wd·D) θ = 2/n Aᵀy
+    p = make_problem(cfg, make_generators(cfg.seed))
+    A = with_bias_column(p.X)
+    D = torch.eye(A.shape[1], dtype=A.dtype)
+    D[-1, -1] = 0.0  # the bias is not decayed
+    theta = torch.linalg.solve(2 / len(A) * A.T @ A + D, 2 / len(A) * A.T @ p.y).reshape(-1)
+    np.testing.assert_allclose([*h.w_hat, h.b_hat], theta.tolist(), atol=1e-8)

@@ -30,6 +30,7 @@ from pipeline.report.sections import (
     book,
     catalogue,
     data_size,
+    fitting,
     gradients,
     huber,
     init,
@@ -40,6 +41,7 @@ from pipeline.report.sections import (
     partial_batch,
     per_sample,
     reduction,
+    streaming,
 )
 from pipeline.tracking import StoreError, get_client, tracking_uri
 
@@ -60,6 +62,8 @@ SECTIONS: list[ModuleType] = [
     catalogue,
     book,
     optimizers,
+    fitting,
+    streaming,
 ]
 
 

@@ -72,6 +72,10 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "beta2": ("params.optim.beta2", float),
     "alpha": ("params.optim.alpha", float),
     "eps": ("params.optim.eps", float),
+    "zero_features": ("params.data.zero_features", int),
+    "n_val": ("params.data.n_val", int),
+    "weight_decay": ("params.optim.weight_decay", float),
+    "chunk_size": ("params.data.chunk_size", int),
 }
 # runs logged before optim.name existed were plain SGD (torch.optim.SGD without momentum)
 _LOGGED_BEFORE = {"optimizer": "sgd", "momentum": "0.0"}
@@ -105,19 +109,32 @@ class SweepData:
         self.df = df.assign(
             **typed,
             drop_last=df["params.train.drop_last"] == "True",
+            # runs logged before data.source existed held their data in memory
+            source=df.get("params.data.source", pd.Series("memory", index=df.index)).fillna(
+                "memory"
+            ),
             data=np.where(
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
             diverged=df.get("tags.diverged") == "true",
             update_error=df.get("tags.update_error"),
             mse=df.get("metrics.mse"),
+            val_mse=df.get("metrics.val_mse"),
+            gap=df.get("metrics.gap"),
+            ols_mse=df.get("metrics.ols_mse"),
+            ols_val_mse=df.get("metrics.ols_val_mse"),
             w_error=df.get("metrics.w_error"),
             b_error=df.get("metrics.b_error"),
             updates=df["metrics.updates"].astype(int),
             ols_w_error=df.get("metrics.ols_w_error"),
             diverged_at=df.get("metrics.diverged_at_step"),
             train_time_s=df.get("metrics.train_time_s"),
-            d=df["params.data.true_w"].map(lambda w: len(str(w).split(","))),
+            data_mb=df.get("metrics.data_mb"),
+            peak_rss_mb=df.get("metrics.peak_rss_mb"),
+            rss_start_mb=df.get("metrics.rss_start_mb"),
+            # features: the true weights, then the zero-weight ones
+            d=df["params.data.true_w"].map(lambda w: len(str(w).split(",")))
+            + (typed["zero_features"] if typed["zero_features"] is not None else 0),
         )
 
     def select(self, **equal: Any) -> pd.DataFrame:
@@ -138,6 +155,18 @@ class SweepData:
             rows = rows.sort_values("engine", key=lambda e: e == "stacked", kind="stable")
             rows = rows.drop_duplicates(subset=params)
         return rows
+
+    def beyond(self, filter_string: str) -> pd.DataFrame:
+        """FINISHED runs of the experiment that match an MLflow filter, whichever sweep made
+        them (newest first): heavy presets run on their own (``stream_big``), and a report
+        uses their runs when the store has them."""
+        runs = queries.search_all(
+            self.uri,
+            self.parent.info.experiment_id,
+            f"attributes.status = 'FINISHED' and {filter_string}",
+            order_by=["attributes.start_time DESC"],
+        )
+        return queries.runs_frame(runs)
 
     def history(self, run_id: str, key: str) -> list[float]:
         return [v for _, v in self.steps(run_id, key)]

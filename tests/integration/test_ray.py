@@ -24,6 +24,7 @@ from mlflow.entities import Run
 
 from pipeline import cluster
 from pipeline.server import ServerInfo
+from pipeline.tracking import MACHINE_METRICS
 from tests.test_sweep import CONTRACT
 
 pytestmark = pytest.mark.integration
@@ -101,10 +102,10 @@ def runs_of(client: mlflow.MlflowClient, experiment: str) -> tuple[list[Run], li
 
 
 def by_name(children: list[Run]) -> dict[str, dict[str, float]]:
-    """Every metric of every child but the wall time of its training (the machine's, not the
-    computation's)."""
+    """Every metric of every child but the wall time and memory of its training (the
+    machine's, not the computation's)."""
     return {
-        c.info.run_name: {k: v for k, v in c.data.metrics.items() if k != "train_time_s"}
+        c.info.run_name: {k: v for k, v in c.data.metrics.items() if k not in MACHINE_METRICS}
         for c in children
     }
 

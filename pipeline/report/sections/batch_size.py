@@ -70,11 +70,14 @@ def noise_floor_cells(d: SweepData) -> pd.DataFrame:
     """Every constant-lr, converged cell of the sweep (clean data, MSE/½-squared, no
     averaging): the RMS of w_error at the floor over seeds against theory §2."""
     rows = d.select(
+        source="memory",  # the floor's reshuffling theory is for the same n examples each epoch
         outliers=0.0,
         schedule="constant",
         averaging="none",
         loss=["mse", "squared"],
         dtype="float64",
+        weight_decay=0.0,  # the floor theory has no weight decay ...
+        zero_features=0,  # ... and assumes few features against n
     )
     rows = rows[rows["reduction"].isin(["mean", "sum"]) & (rows["init"] == "normal")]
     rows = with_status(d, rows)

@@ -17,6 +17,7 @@ from pipeline.report.data import SweepData
 # The d2l chapter's setting (what `python -m pipeline` trains), less the key a section varies:
 # sections select their runs by these params, so any sweep's matching runs count.
 BASE: dict[str, Any] = {
+    "source": "memory",
     "sgd": "no_grad",
     "loss": "mse",
     "reduction": "mean",
@@ -28,6 +29,8 @@ BASE: dict[str, Any] = {
     "schedule": "constant",
     "averaging": "none",
     "dtype": "float64",  # the book section's float32 runs are its own
+    "weight_decay": 0.0,
+    "zero_features": 0,
 }
 
 

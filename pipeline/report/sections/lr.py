@@ -48,7 +48,7 @@ def sgd_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, pd.DataFrame]:
 def stability(d: SweepData, s: Section) -> pd.DataFrame:
     """Full-batch GD near its bound: per variant and seed, the largest stable lr of the grid
     against 2/λmax of that seed's data (scaled for the loss and reduction)."""
-    rows = d.select(B=1000, n=1000, epochs=200, outliers=0.0, lr_scaling="none")
+    rows = d.select(source="memory", B=1000, n=1000, epochs=200, outliers=0.0, lr_scaling="none")
     rows = rows[rows["schedule"] == "constant"]
     if rows.empty:
         raise MissingRuns

@@ -19,7 +19,9 @@ SPEC = (
 
 
 def build(d: SweepData, s: Section, out: Path) -> None:
-    rows = d.select(loss="mse", n=1000, B=[300, 400], lr=0.1, outliers=0.0, schedule="constant")
+    rows = d.select(
+        source="memory", loss="mse", n=1000, B=[300, 400], lr=0.1, outliers=0.0, schedule="constant"
+    )
     rows = rows[rows["min_updates"] > 0]
     rows = s.use(with_status(d, need(rows, varying="B")))
     variant = np.where(
