@@ -69,7 +69,7 @@ server-stop: $(STAMP) ## stop the server of `make server` and its PostgreSQL
 server-import: $(STAMP) ## copy the SQLite store mlruns/mlflow.db into the server at $$MLFLOW_TRACKING_URI
 	$(PY) -m pipeline.server_import --from sqlite:///$(CURDIR)/mlruns/mlflow.db --to $(MLFLOW_TRACKING_URI)
 
-bench: $(RAY_STAMP) ## wall times and ratios: seeds' loops vs ours, MLflow floor, sweeps end to end, Ray, streaming memory
+bench: $(RAY_STAMP) ## one table: seeds' loops, MLflow floor per run, G vs a plain Hydra+MLflow app, faq fresh and cached; then Ray, streaming memory
 	$(PY) -m pipeline.bench $(ARGS)
 	$(PY) -m pipeline.bench_ray
 	$(PY) -m pipeline.bench_stream

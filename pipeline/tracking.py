@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -103,9 +104,12 @@ def check_sqlite_file(db: Path) -> None:
 
 
 def store_template() -> Path:
-    """This MLflow version's empty, migrated SQLite store, kept in the user's cache."""
+    """An empty, migrated SQLite store, kept in the user's cache, per MLflow version and working
+    directory: MLflow writes the default experiment's artifact location (``<cwd>/mlruns/0``)
+    into a new store, so a copy is exactly the store MLflow would have made here."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linreg-sweep"
-    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+    where = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+    return cache / f"mlflow-{mlflow.__version__}-{where}-empty.db"
 
 
 def copy_sqlite(src: Path, dst: Path) -> None:
@@ -118,9 +122,9 @@ def copy_sqlite(src: Path, dst: Path) -> None:
 
 
 def open_new_store(uri: str, db: Path) -> mlflow.MlflowClient:
-    """A new SQLite store. MLflow builds one by running its ~60 schema migrations (about 2 s,
-    more on a busy machine): that is done once per MLflow version, and the empty result kept
-    as a template (:func:`store_template`) that later new stores are copies of."""
+    """A new SQLite store. MLflow builds one by running its schema migrations (68 in MLflow
+    3.17: about 2 s, more on a busy machine): that is done once per MLflow version, and the
+    empty result kept as a template (:func:`store_template`) that later new stores copy."""
     template = store_template()
     if template.exists():
         try:
