@@ -74,7 +74,7 @@ def seeds_loop(cfg: DictConfig) -> None:
     """One config of G trained by the seeds' code."""
     t, loss = cfg.train, cfg.loss
     args = (loss.name.value, loss.reduction.value, cfg.optim.lr, t.batch_size, t.epochs)
-    seeds_train(cfg.model.name.value, *args, cfg.data.n)
+    seeds_train(cfg.model.name.value, *args, cfg.data.n, cfg.data.n_val)
 
 
 def each(fn: Callable[[DictConfig], object], cfgs: list[DictConfig]) -> None:
