@@ -84,6 +84,26 @@ _LOGGED_BEFORE = {"optimizer": "sgd", "momentum": "0.0"}
 PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0}
 
 
+# final metrics a section reads, as columns (column -> metric; missing metrics are None)
+_METRICS = {
+    name: name
+    for name in (
+        "mse",
+        "val_mse",
+        "gap",
+        "ols_mse",
+        "ols_val_mse",
+        "w_error",
+        "b_error",
+        "ols_w_error",
+        "train_time_s",
+        "data_mb",
+        "peak_rss_mb",
+        "rss_start_mb",
+    )
+} | {"diverged_at": "diverged_at_step"}
+
+
 class SweepData:
     """The runs of one sweep: one row per job of the parent's ``jobs.json`` (config hash),
     joined with the newest FINISHED run of that config in the experiment (cached runs too)."""
@@ -118,20 +138,8 @@ class SweepData:
             ),
             diverged=df.get("tags.diverged") == "true",
             update_error=df.get("tags.update_error"),
-            mse=df.get("metrics.mse"),
-            val_mse=df.get("metrics.val_mse"),
-            gap=df.get("metrics.gap"),
-            ols_mse=df.get("metrics.ols_mse"),
-            ols_val_mse=df.get("metrics.ols_val_mse"),
-            w_error=df.get("metrics.w_error"),
-            b_error=df.get("metrics.b_error"),
+            **{key: df.get(f"metrics.{name}") for key, name in _METRICS.items()},
             updates=df["metrics.updates"].astype(int),
-            ols_w_error=df.get("metrics.ols_w_error"),
-            diverged_at=df.get("metrics.diverged_at_step"),
-            train_time_s=df.get("metrics.train_time_s"),
-            data_mb=df.get("metrics.data_mb"),
-            peak_rss_mb=df.get("metrics.peak_rss_mb"),
-            rss_start_mb=df.get("metrics.rss_start_mb"),
             # features: the true weights, then the zero-weight ones
             d=df["params.data.true_w"].map(lambda w: len(str(w).split(",")))
             + (typed["zero_features"] if typed["zero_features"] is not None else 0),

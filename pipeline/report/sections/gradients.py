@@ -32,9 +32,12 @@ net[0].weight.grad, net[0].bias.grad
 # zeroes them; the loop logs their norms every few updates: grad_norm_w, grad_norm_b, grad_norm"""
 
 
-def tail_rms(d: SweepData, run_id: str, key: str, after: int) -> float:
+Curve = list[tuple[int, float]]  # (update, value) of a logged metric
+
+
+def tail_rms(curve: Curve, after: int) -> float:
     """√(mean g²) over the logged updates after ``after`` (the stationary part of the run)."""
-    values = [v for step, v in d.steps(run_id, key) if step > after]
+    values = [v for step, v in curve if step > after]
     return stats.rms(values) if values else math.nan
 
 
@@ -43,7 +46,9 @@ def stationary_from(B: int, dim: int, noise: float, n: int, e0: float) -> int:
     return max(theory.updates_to_floor(LR, B, n, dim, noise, e0), UPDATES // 2)
 
 
-def noise_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, dict[str, dict], pd.DataFrame]:
+def noise_table(
+    d: SweepData, s: Section
+) -> tuple[pd.DataFrame, dict[str, dict], dict[int, list[Curve]]]:
     rows = d.select(
         **base("epochs", "min_updates"),
         epochs=1,
@@ -54,6 +59,7 @@ def noise_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, dict[str, dict]
     )
     rows = s.use(need(rows[~rows["diverged"]], varying="B"))
     out, answers = [], {}
+    curves_w: dict[int, list[Curve]] = {}
     for B, g in rows.groupby("B"):
         first = g.iloc[0]
         dim, noise, n = int(first["d"]), float(first["noise"]), int(first["n"])
@@ -65,7 +71,10 @@ def noise_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, dict[str, dict]
         row: dict = {"B": int(B), "stationary after": after}
         entry: dict = {"stationary_after": after, "seeds": len(g)}
         for part, th in (("w", theory_w), ("b", theory_b)):
-            measured = [tail_rms(d, r, f"grad_norm_{part}", after) for r in g["run_id"]]
+            runs = [d.steps(r, f"grad_norm_{part}") for r in g["run_id"]]
+            if part == "w":
+                curves_w[int(B)] = runs  # the figure's curves
+            measured = [tail_rms(curve, after) for curve in runs]
             sm = stats.summarize(measured)
             ratio = sm["mean"] / th
             row[f"‖∇{part}‖ RMS (mean ± sd)"] = mean_sd(measured)
@@ -78,7 +87,7 @@ def noise_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, dict[str, dict]
         row["seeds"] = seeds_label(g["seed"])
         out.append(row)
         answers[str(int(B))] = entry
-    return pd.DataFrame(out), answers, rows
+    return pd.DataFrame(out), answers, curves_w
 
 
 def models_agree(d: SweepData, s: Section) -> tuple[pd.DataFrame, float, int]:
@@ -105,7 +114,7 @@ def models_agree(d: SweepData, s: Section) -> tuple[pd.DataFrame, float, int]:
 
 
 def build(d: SweepData, s: Section, out: Path) -> None:
-    table, per_B, rows = noise_table(d, s)
+    table, per_B, curves_w = noise_table(d, s)
     s.tables.append(
         (
             f"Stationary gradient RMS, constant lr {LR}, MSE mean, {UPDATES} updates (equal "
@@ -137,12 +146,11 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     s.code = CODE
 
     fig, ax = new_figure()
-    for B, g in rows.groupby("B"):
-        curves = [d.steps(r, "grad_norm_w") for r in g["run_id"]]
+    for B, curves in sorted(curves_w.items()):
         length = min(len(c) for c in curves)
         steps = np.array([st for st, _ in curves[0][:length]])
         values = np.array([[v for _, v in c[:length]] for c in curves])
-        line = ax.plot(steps, values.mean(0), label=f"B = {B} ({len(g)} seeds)")[0]
+        line = ax.plot(steps, values.mean(0), label=f"B = {B} ({len(curves)} seeds)")[0]
         ax.axhline(per_B[str(int(B))]["theory_w"], ls="--", color=line.get_color())
     ax.set_yscale("log")
     ax.set(xlabel="update", ylabel="‖∇w‖ of the batch loss (seed mean)")

@@ -40,13 +40,12 @@ def sgd(params, lr, batch_size):          # d2l 3.2 (model.sgd=no_grad)
 # model.sgd=no_zero_grad:    d2l's update without param.grad.zero_()"""
 
 
-def first_last(d: SweepData, run_id: str, key: str) -> tuple[float, float, int]:
-    """Mean of the first and of the last 10% of a step metric, and its length."""
-    values = np.array(d.history(run_id, key), dtype=float)
+def first_last(values: np.ndarray) -> tuple[float, float]:
+    """Mean of the first and of the last 10% of a step metric's values."""
     if len(values) == 0:
-        return math.nan, math.nan, 0
+        return math.nan, math.nan
     k = max(1, len(values) // 10)
-    return float(values[:k].mean()), float(values[-k:].mean()), len(values)
+    return float(values[:k].mean()), float(values[-k:].mean())
 
 
 def build(d: SweepData, s: Section, out: Path) -> None:
@@ -69,8 +68,10 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             continue
         errors = g["update_error"].dropna().unique().tolist()
         raises = bool(len(errors)) and bool((g["updates"] == 0).all())
-        nodes = [first_last(d, r, "graph_nodes") for r in g["run_id"]]
-        times = [first_last(d, r, "backward_ms") for r in g["run_id"]]
+        # (step, value) of every run, read once: the table and the plot use them
+        node_curves = [np.array(d.steps(r, "graph_nodes"), dtype=float) for r in g["run_id"]]
+        nodes = [first_last(c[:, 1] if len(c) else c) for c in node_curves]
+        times = [first_last(np.array(d.history(r, "backward_ms"))) for r in g["run_id"]]
         node_first = float(np.nanmean([n[0] for n in nodes])) if not raises else math.nan
         node_last = float(np.nanmean([n[1] for n in nodes])) if not raises else math.nan
         time_ratio = (
@@ -121,7 +122,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             }
         )
         if not raises:
-            curves[variant] = np.array(d.steps(g["run_id"].iloc[0], "graph_nodes"))
+            curves[variant] = node_curves[0]
     s.table = pd.DataFrame(out_rows)
     s.answers = answers
     s.code = CODE
