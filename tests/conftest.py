@@ -1,13 +1,12 @@
 """Shared fixtures: every test gets its own SQLite MLflow store in tmp_path (never mlruns/).
 
 The store's schema migration costs seconds, so it runs once per test session into a template
-file that each test copies; composing the config costs ~0.1 s, so each distinct set of
-overrides is composed once and handed out as a copy.
+file that each test copies; a Hydra composition costs ~0.1 s, so configs come from the sweeper's
+``JobComposer``: one composition per set of config-group choices, copied.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import sqlite3
 from collections.abc import Callable
@@ -16,9 +15,11 @@ from pathlib import Path
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from pipeline.config import PROJECT_ROOT, register_configs
+from pipeline.sweep import JobComposer
 
 CONF_DIR = str(PROJECT_ROOT / "conf")
 register_configs()
@@ -52,15 +53,19 @@ def client(tracking_uri: str) -> mlflow.MlflowClient:
 
 
 @functools.cache
-def _composed(overrides: tuple[str, ...]) -> DictConfig:
+def job_composer() -> JobComposer:
+    """The sweeper's own composer over the real conf/ tree: one Hydra composition per set of
+    group choices (model=, loss=, ...), the key=value overrides applied to an unpickled copy."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        loader = GlobalHydra.instance().config_loader()
+        master = compose(config_name="config", return_hydra_config=True)
+    return JobComposer(loader, master)
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
-    """The real conf/ tree, composed as the app would, with the given overrides (a fresh copy:
-    jobs settle their engine in place)."""
-    return copy.deepcopy(_composed(overrides))
+    """The real conf/ tree, composed as a sweep composes its jobs, with the given overrides (a
+    fresh object each call: jobs settle their engine in place)."""
+    return job_composer()(overrides)
 
 
 @pytest.fixture

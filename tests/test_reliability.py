@@ -24,9 +24,11 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.job import run_job
 from pipeline.procs import ProcessId, start_time
 from pipeline.tracking import mark_stale_runs, sweep_lock
-from tests.test_sweep import all_runs, run_app, split
+from tests.conftest import compose_cfg
+from tests.test_sweep import CONTRACT, all_runs, run_app, split
 
 SMALL = ["model=linear,scratch", "optim.lr=0.03,5"]  # 4 jobs, two of them diverge
 
@@ -185,14 +187,17 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
-def test_sigkill_of_a_joblib_sweep_kills_its_workers_and_the_next_sweep_resumes(
+def test_joblib_sweep_runs_in_workers_and_after_sigkill_the_next_sweep_resumes(
     tmp_path: Path,
     client: mlflow.MlflowClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    grid = ["model=linear,scratch", "seed=0,1,2"]  # 6 jobs
+    """The one real joblib sweep of the suite (worker processes cost seconds to start): its
+    jobs run in the workers and log what the basic launcher would; SIGKILL of the sweep ends
+    the workers too; the same sweep again resumes under the same parent."""
+    grid = ["model=linear,scratch", "optim.lr=0.01,0.02", "seed=0,1"]  # 8 jobs
     proc, out = start(tmp_path, "k", "hydra/launcher=joblib", *grid, start_new_session=True)
-    wait_for(out, "job 1/6", proc)
+    wait_for(out, "job 2/8", proc)
     workers = descendants(proc.pid)
     assert len(workers) >= 2
     proc.kill()
@@ -201,14 +206,30 @@ def test_sigkill_of_a_joblib_sweep_kills_its_workers_and_the_next_sweep_resumes(
     while alive(workers) and time.time() < deadline:
         time.sleep(0.2)
     assert alive(workers) == set(), "workers outlived their sweep by 10 s"
-    (dead,) = split(all_runs(client))[0]
+    (dead,), children = split(all_runs(client))
     assert dead.info.status == "RUNNING"  # nothing could close it: SIGKILL
+    done = [c for c in children if c.info.status == "FINISHED"]
+    assert len(done) >= 2 and {c.data.tags["mlflow.parentRunId"] for c in done} == {
+        dead.info.run_id
+    }
+    for child in done:  # trained in a worker, with the default payload
+        assert int(child.data.tags["pid"]) in workers
+        assert set(child.data.metrics) >= CONTRACT
+        # 300 updates, logged every 3rd: at most ~100 points a curve
+        assert len(client.get_metric_history(child.info.run_id, "batch_loss")) == 100
 
     # the same sweep again (in this process, with the basic launcher: same jobs, same parent)
     run_app(monkeypatch, tmp_path, *grid)
     runs = all_runs(client)
-    check_store(runs, parents=1, configs=6)
+    check_store(runs, parents=1, configs=8)
     assert split(runs)[0][0].data.tags["resumed"] == "true"
+    # a worker's run is the run this process trains from the same config
+    twin = done[0]
+    params = twin.data.params
+    overrides = [f"model={params['model.name']}", f"optim.lr={params['optim.lr']}"]
+    run_job(compose_cfg(*overrides, f"seed={params['seed']}", "tracking.run_name=check"))
+    check = [r for r in all_runs(client) if r.info.run_name == "check"][0]
+    assert check.data.metrics["mse"] == twin.data.metrics["mse"]
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -19,7 +20,7 @@ from pipeline.config import PROJECT_ROOT, effective_lr, planned_epochs
 from pipeline.job import run_job
 from pipeline.sweep import SweepCallback, expand
 from pipeline.train import train_one
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, job_composer
 
 CONTRACT = {
     "train_loss",
@@ -58,18 +59,21 @@ CELLS = {  # grid cells x 5 seeds
 }
 
 
-def preset_jobs(preset: str) -> list[tuple[str, list[str]]]:
-    cfg = compose_cfg(f"sweep={preset}")  # grids are in the hydra node: compose it too
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        full = compose("config", overrides=[f"sweep={preset}"], return_hydra_config=True)
-    assert cfg.sweep.name == preset
+@functools.cache
+def _preset_jobs(preset: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    composer = job_composer()
+    # the grids are in the hydra node: the composition with it, as the sweeper sees it
+    full = composer.loader.load_sweep_config(composer.master_config, [f"sweep={preset}"])
+    assert full.sweep.name == preset
     grids = OmegaConf.to_container(full.hydra.sweeper.grids, resolve=False)
     assert isinstance(grids, dict)
-    return expand(grids, [], seeds=full.hydra.sweeper.get("seeds"))  # type: ignore[arg-type]
+    jobs = expand(grids, [], seeds=full.hydra.sweeper.get("seeds"))  # type: ignore[arg-type]
+    return tuple((grid, tuple(overrides)) for grid, overrides in jobs)
+
+
+def preset_jobs(preset: str) -> list[tuple[str, list[str]]]:
+    """A preset's jobs as (grid name, overrides), expanded by the grids sweeper's own code."""
+    return [(grid, list(overrides)) for grid, overrides in _preset_jobs(preset)]
 
 
 @pytest.mark.parametrize("preset", sorted(CELLS))
@@ -133,16 +137,6 @@ def test_named_knobs_derive_lr_and_epochs_in_each_job() -> None:
 
 
 # --- running sweeps ---------------------------------------------------------------------------
-
-
-def sweep_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "-m", f"hydra.sweep.dir={tmp_path}/multirun", *args],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=600,
-    )
 
 
 def all_runs(client: mlflow.MlflowClient) -> list[Run]:
@@ -337,30 +331,6 @@ def test_stale_running_runs_are_marked_killed(client: mlflow.MlflowClient) -> No
     SweepCallback().on_multirun_start(compose_cfg())
     assert client.get_run(stale.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
-
-
-def test_joblib_sweep_into_a_fresh_store(tmp_path: Path, client: mlflow.MlflowClient) -> None:
-    proc = sweep_cli(
-        tmp_path,
-        "hydra/launcher=joblib",
-        "model=linear,scratch",
-        "optim.lr=0.01,0.02",
-        "seed=0,1",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parents, children = split(all_runs(client))
-    assert len(parents) == 1 and len(children) == 8
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert len({c.data.tags["pid"] for c in children}) >= 2  # really in other processes
-    for child in children:
-        assert child.info.status == "FINISHED" and set(child.data.metrics) >= CONTRACT
-        # the default payload: 300 updates, logged every 3rd (at most ~100 points a curve)
-        assert len(client.get_metric_history(child.info.run_id, "batch_loss")) == 100
-    # the store is still usable, and the same runs as the basic launcher would give
-    run_job(compose_cfg("model=scratch", "optim.lr=0.02", "seed=1", "tracking.run_name=check"))
-    check = [r for r in all_runs(client) if r.info.run_name == "check"][0]
-    twin = [c for c in children if c.info.run_name == "scratch-mse-lr0.02-bs10-s1"][0]
-    assert check.data.metrics["mse"] == twin.data.metrics["mse"]
 
 
 def test_hydra_conventions_sweep_dir_numbering_and_batches(
