@@ -155,7 +155,8 @@ def split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 LIGHT_PATHS = """
 import contextlib, io, json, os, sys
 from hydra.core.global_hydra import GlobalHydra
-from pipeline.__main__ import cli
+from pipeline.__main__ import cli, collect_less_often, exit_quickly
+collect_less_often()  # the settings `python -m pipeline` runs with
 out = []
 for args in json.loads(sys.argv[1]):
     sys.argv = ["pipeline", *args]
@@ -170,6 +171,7 @@ for args in json.loads(sys.argv[1]):
     loaded = ["torch" in sys.modules, "mlflow" in sys.modules]
     out.append([code, std.getvalue(), err.getvalue(), *loaded])
 print(json.dumps(out))
+exit_quickly()
 """
 
 
