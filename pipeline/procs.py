@@ -132,6 +132,32 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every open run is closed KILLED."""
 
 
+# a signal that arrived inside deferred_interrupts(), raised when the outermost block ends
+_deferring = 0
+_pending: KeyboardInterrupt | None = None
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """A store write that SIGTERM/SIGINT must not cut in half: the interrupt is raised when
+    the block ends instead. Raised inside SQLAlchemy's ``executemany``, it left that SQLite
+    write transaction open on a pooled connection, and every later write of the process (the
+    KILLED status among them) waited out the busy timeout and failed. Main thread only: that
+    is where Python runs signal handlers. Also usable as a decorator."""
+    global _deferring, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if _deferring == 0 and _pending is not None:
+            interrupt, _pending = _pending, None
+            raise interrupt
+
+
 @contextlib.contextmanager
 def signals_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, CI timeouts) raises :class:`Interrupted` in the main thread, as SIGINT
@@ -144,14 +170,18 @@ def signals_as_interrupt() -> Iterator[None]:
     fired = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        global _pending
         nonlocal fired
         if fired:
             print(f"(signal {signum} ignored: closing the open runs)", file=sys.stderr)
             return
         fired = True
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Interrupted(f"signal {signum}")
+        is_int = signum == signal.SIGINT
+        interrupt = KeyboardInterrupt() if is_int else Interrupted(f"signal {signum}")
+        if _deferring:  # inside a store write: raised when it is done
+            _pending = interrupt
+            return
+        raise interrupt
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     if getattr(previous[signal.SIGTERM], "_linreg", False):

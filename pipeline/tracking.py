@@ -19,6 +19,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +53,7 @@ from pipeline.context import (
 )
 from pipeline.engines import engine_of
 from pipeline.identity import config_hash, flatten, run_name, to_container
-from pipeline.procs import ProcessId, file_lock
+from pipeline.procs import ProcessId, deferred_interrupts, file_lock
 from pipeline.views import (
     EXPERIMENT_KIND_TAG,
     TRAINING_KIND,
@@ -373,21 +374,23 @@ class RunLogger:
         self.client = get_client(self.uri)
         self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment)
         self.run_id = ""
+        self._closed = False
         self._hist: History | None = None
         self._extra_metrics: dict[str, float] = {}
 
     def __enter__(self) -> RunLogger:
         parent = self.context.parent_run_id if self.context else None
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name(self.cfg, self.tree),
-            tags={**run_tags(self.cfg, parent, self.tree), **self.extra_tags},
-        )
-        self.run_id = run.info.run_id
+        with deferred_interrupts():  # a signal meanwhile: raised once the run exists
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name(self.cfg, self.tree),
+                tags={**run_tags(self.cfg, parent, self.tree), **self.extra_tags},
+            )
+            self.run_id = run.info.run_id
         try:
             # now, while the run holds only its tags: MLflow reads the run back to find where
             # its artifacts go, which costs more once it holds hundreds of metrics
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, deferred_interrupts():
                 for name, text in self.artifacts().items():
                     (Path(tmp) / name).write_text(text)
                 self.client.log_artifacts(self.run_id, tmp)
@@ -422,8 +425,16 @@ class RunLogger:
                 self._close(RunStatus.KILLED, [], {"error": "interrupted"})
             else:
                 self._close(RunStatus.FAILED, [], {"error": repr(exc)[:5000]})
-        except KeyboardInterrupt:  # a signal while logging: the run is still closed, KILLED
-            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.KILLED))
+        except KeyboardInterrupt:
+            # a signal while closing: the store writes are never cut in half (a signal inside
+            # one is raised when it ends), so the run is either closed as logged or still open
+            if not self._closed:
+                killed = RunStatus.to_string(RunStatus.KILLED)
+                try:
+                    with deferred_interrupts():
+                        self.client.set_terminated(self.run_id, killed)
+                except Exception as exc:  # the interrupt, not this, is what the caller must see
+                    print(f"warning: run {self.run_id} not closed: {exc}", file=sys.stderr)
             raise
 
     def artifacts(self) -> dict[str, str]:
@@ -438,8 +449,10 @@ class RunLogger:
         params += view_params(self.cfg)
         metrics = [*metrics, *view_metrics(self.cfg, int(time.time() * 1000))]
         run_tags_ = [RunTag(k, v) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        with deferred_interrupts():
+            self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=run_tags_)
+            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+            self._closed = True
 
 
 # --- a sweep's parent run -----------------------------------------------------------------------
@@ -453,6 +466,7 @@ class ParentRun:
         self.client, self.experiment_id, self.run_id = get_client(uri), experiment_id, run_id
 
     @classmethod
+    @deferred_interrupts()  # its writes: a signal meanwhile is raised once they are done
     def open(
         cls,
         uri: str,
@@ -494,12 +508,14 @@ class ParentRun:
         save_runs_view(client, experiment_id, run_id)  # what views.runs_view_url opens
         return cls(uri, experiment_id, run_id)
 
+    @deferred_interrupts()
     def log_summary(self, counts: dict[str, int], summary_csv: str) -> None:
         now = int(time.time() * 1000)
         metrics = [Metric(f"n_{k}", float(v), now, 0) for k, v in counts.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.client.log_text(self.run_id, summary_csv, "summary.csv")
 
+    @deferred_interrupts()
     def close(self, status: int, wall: float, error: str | None = None) -> None:
         tags = [RunTag("error", error[:5000])] if error else []
         now = int(time.time() * 1000)
@@ -521,8 +537,9 @@ def mark_stale_runs(uri: str, experiment_id: str) -> int:
         if owner is None or owner.alive() is not False:
             continue  # alive, another host's, or not ours to judge
         rid = run.info.run_id
-        client.set_tag(rid, "error", "stale: its process is gone")
-        client.set_terminated(rid, "KILLED")
+        with deferred_interrupts():
+            client.set_tag(rid, "error", "stale: its process is gone")
+            client.set_terminated(rid, "KILLED")
         stale += 1
     return stale
 
@@ -540,8 +557,9 @@ def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> int:
         f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
     )
     for run in orphans:
-        client.set_tag(run.info.run_id, "error", "orphan: its worker died before it ended")
-        client.set_terminated(run.info.run_id, "KILLED")
+        with deferred_interrupts():
+            client.set_tag(run.info.run_id, "error", "orphan: its worker died before it ended")
+            client.set_terminated(run.info.run_id, "KILLED")
     return len(orphans)
 
 

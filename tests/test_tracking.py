@@ -172,12 +172,14 @@ def test_ctrl_c_ends_the_run_killed(
 
 
 def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path) -> None:
-    # a slow job (B=1, many epochs) that we terminate once its run exists
+    # a slow job (B=1, many epochs) that we terminate once its run exists (the scratch code:
+    # nn.Linear's torch.optim would first import torch._dynamo, a second of nothing tested)
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "pipeline",
+            "model=scratch",
             "train.batch_size=1",
             "train.epochs=1000",
             f"hydra.run.dir={tmp_path}/h",
