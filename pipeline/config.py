@@ -170,6 +170,9 @@ class TrainConfig:
     log_every: int = (
         MISSING  # batch_loss/grad_norm every this many updates; 0 = auto (≤ ~100 points)
     )
+    # the epoch metrics every this many epochs (and the last); 0 = every epoch when log_every
+    # is set, else auto (≤ ~200 points)
+    log_every_epochs: int = MISSING
     dtype: DType = MISSING  # floating point type of data and parameters
     divergence_ratio: float = MISSING  # batch loss > ratio * max(initial loss, 1) = diverged
     engine: EngineName = MISSING  # which code trains the job; the run's `engine` tag
@@ -314,6 +317,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.divergence_ratio={cfg.train.divergence_ratio}: must be > 1")
     if cfg.train.log_every < 0:
         raise ConfigError(f"train.log_every={cfg.train.log_every}: must be >= 1, or 0 for auto")
+    if cfg.train.log_every_epochs < 0:
+        raise ConfigError(
+            f"train.log_every_epochs={cfg.train.log_every_epochs}: must be >= 1, or 0 for auto"
+        )
     if not cfg.data.noise >= 0:
         raise ConfigError(f"data.noise={cfg.data.noise}: must be a finite number >= 0")
     if len(cfg.data.true_w) < 1:

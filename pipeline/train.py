@@ -119,6 +119,7 @@ def schedule_key(cfg: DictConfig) -> str:
             t.drop_last,
             t.dtype.value,
             t.log_every,
+            t.log_every_epochs,
         ],
         sort_keys=True,
     )
@@ -312,7 +313,7 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     def record(epoch: int, t: int) -> None:
         """Full-data metrics of the live models (and held-out ones, at the same parameters); a
         non-finite one ends that model. Kept every ``epoch_every`` epochs and at the last one
-        (all of them unless log_every is auto)."""
+        (train.log_every_epochs: every epoch when it is 0 and log_every is set)."""
         theta = model_params()
         train_loss, mse = full_data_losses(theta)
         columns = {
@@ -340,10 +341,11 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
     # plain values: a DictConfig read per update would cost more than the update
     epochs, batch_size = planned_epochs(first), int(first.train.batch_size)
     drop_last, log_every = bool(first.train.drop_last), int(first.train.log_every)
-    epoch_every = 1
+    epoch_every = int(first.train.log_every_epochs)
     if log_every == 0:  # auto: at most about MAX_*_POINTS points per curve
         log_every = max(1, -(-planned_updates(first) // MAX_STEP_POINTS))
-        epoch_every = max(1, -(-epochs // MAX_EPOCH_POINTS))
+        epoch_every = epoch_every or max(1, -(-epochs // MAX_EPOCH_POINTS))
+    epoch_every = epoch_every or 1
     record(0, 0)
     for k in alive:
         limit[k] = divergence_limit(cfgs[k], hists[k].epochs["train_loss"][0])

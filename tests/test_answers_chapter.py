@@ -15,8 +15,9 @@ from tests.test_answers import answers_of_sweep
 
 pytestmark = pytest.mark.xdist_group("answers_chapter")
 
-# Per-update curves are thinned (train.log_every) where no section reads them (streaming,
-# torch_losses): the store writes are most of the sweep's time. torch_losses
+# Curves are thinned where no rule needs their resolution: the per-update ones of streaming
+# and torch_losses (train.log_every), the 400 epochs of the full-batch fitting grids to 41
+# points (train.log_every_epochs). The store writes are most of the sweep's time. torch_losses
 # runs 3000 updates (the preset 6000): L1's tail average is then 0.94x its LAD line and 21x
 # closer than its last iterate, the margins the rules need.
 CHAPTER = """\
@@ -74,6 +75,7 @@ hydra:
         train.batch_size: 50
         train.epochs: 1
         train.min_updates: 400
+        train.log_every_epochs: 10
         optim.lr: 0.1
       fitting_remedies:
         data.n: 50
@@ -83,6 +85,7 @@ hydra:
         train.batch_size: 50
         train.epochs: 1
         train.min_updates: 400
+        train.log_every_epochs: 10
         optim.lr: 0.1
       fitting_minibatch:
         data.n: 50
@@ -98,6 +101,7 @@ hydra:
         train.batch_size: 50
         train.epochs: 1
         train.min_updates: 400
+        train.log_every_epochs: 10
         optim.lr: 0.001
 """
 

@@ -72,6 +72,7 @@ BAD = {
     "model.sgd=rebind": "model.sgd",  # linear uses torch.optim: the variants are scratch's
     "data.n_val=-1": "data.n_val",
     "data.zero_features=-2": "data.zero_features",
+    "train.log_every_epochs=-1": "train.log_every_epochs=-1: must be >= 1, or 0 for auto",
     "optim.weight_decay=-0.1": "optim.weight_decay",
 }
 

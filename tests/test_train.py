@@ -170,6 +170,18 @@ def test_log_every_thins_the_step_metrics() -> None:
     assert len(h.batch_loss) == len(h.grad_norm) == len(h.steps)
 
 
+def test_log_every_epochs_keeps_every_nth_epoch_and_the_last() -> None:
+    # full batch for 25 epochs, logged every update: the epoch metrics every epoch ...
+    common = ("train.batch_size=1000", "train.epochs=25", "train.log_every=1", "optim.lr=0.5")
+    full = train_one(compose_cfg(*common))
+    assert full.epoch_ids == list(range(26)) and full.steps == list(range(1, 26))
+    # ... or every 10th and the last, the same values; the per-update curve is not touched
+    thin = train_one(compose_cfg(*common, "train.log_every_epochs=10"))
+    assert thin.epoch_ids == [0, 10, 20, 25] and thin.steps == full.steps
+    for key, values in thin.epochs.items():
+        assert values == [full.epochs[key][e] for e in thin.epoch_ids], key
+
+
 def test_any_number_of_weights() -> None:
     h = train_one(compose_cfg("data.true_w=[1.0,-2.0,0.5,3.0]", "model=scratch"))
     assert len(h.w_hat) == 4 and h.epochs["w_error"][-1] < 5e-3
