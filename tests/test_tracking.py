@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 import yaml
 from mlflow.entities import Run
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.identity import config_hash, flatten, to_container
 from pipeline.job import run_job
 from pipeline.tracking import MACHINE_METRICS, git_state
@@ -171,32 +171,27 @@ def test_ctrl_c_ends_the_run_killed(
     assert only_run(client).info.status == "KILLED"
 
 
-def test_sigterm_ends_the_run_killed(client: mlflow.MlflowClient, tmp_path: Path) -> None:
-    # a slow job (B=1, many epochs) that we terminate once its run exists (the scratch code:
-    # nn.Linear's torch.optim would first import torch._dynamo, a second of nothing tested)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "model=scratch",
-            "train.batch_size=1",
-            "train.epochs=1000",
-            f"hydra.run.dir={tmp_path}/h",
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("epoch 1,"):
-            break
-    proc.terminate()
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
-    assert only_run(client).info.status == "KILLED"
+def test_sigterm_ends_the_run_killed(
+    client: mlflow.MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the job's process while it trains (here: this process; a real sweep's
+    process is signalled in tests/test_reliability.py): its run closes KILLED."""
+    import pipeline.job
+    from pipeline.procs import Interrupted
+
+    real_train = pipeline.job.train
+    sent = []
+
+    def train_then_sigterm(*args: Any, **kwargs: Any) -> Any:
+        sent.append(os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.job, "train", train_then_sigterm)
+    with pytest.raises(Interrupted):
+        run_job(compose_cfg("model=scratch"))
+    assert sent and only_run(client).info.status == "KILLED"
+    assert only_run(client).data.tags["error"] == "interrupted"
 
 
 def test_cli_runs_the_default_job(
