@@ -12,7 +12,7 @@ import gc
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -85,8 +85,10 @@ def cfg() -> Callable[..., DictConfig]:
 
 # Files in the order xdist hands them out (--dist loadfile --no-loadscope-reorder): longest
 # first, so the two workers finish together instead of one waiting on a late long file
-# (measured with --durations on 2 workers; a file not listed goes last).
+# (measured with --durations on 2 workers; a file not listed goes last). The integration
+# tests, one unit (see pytest_xdist_make_scheduler), go first: they are the longest.
 LONGEST_FIRST = (
+    "integration",
     "test_reliability.py",  # 35 s: the joblib sweep and the signal tests
     "test_answers_chapter.py",  # 22 s: one sweep of 130 runs
     "test_sweep.py",
@@ -106,10 +108,27 @@ LONGEST_FIRST = (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        name = item.path.name
+        name = "integration" if item.path.parent.name == "integration" else item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: a file's own order is kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, except that the integration tests are one unit, so one worker runs
+    them all and the session's one PostgreSQL + mlflow server and one Ray head are started
+    once (xdist's loadgroup would do it, but its group marks are lost under pytest 9)."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # the mode asked for, by xdist's own hook
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileAndServices(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/integration/"):
+                return "tests/integration"
+            return super()._split_scope(nodeid)
+
+    return LoadFileAndServices(config, log)
 
 
 # The test processes hold what a sweep's process holds (torch, MLflow, Hydra: ~3000 modules),

@@ -14,10 +14,9 @@ import pytest
 from pipeline.report import build_report
 from tests.test_sweep import run_app
 
-# one sweep for the module (a session fixture: xdist may interleave other modules' tests,
-# which would tear a module fixture down); the chapter's other questions have their own sweep
-# in tests/test_answers_chapter.py, so the two can run on the two xdist workers at once
-pytestmark = pytest.mark.xdist_group("answers")
+# one sweep for the module (a session fixture: the worker that runs this file builds it once);
+# the chapter's other questions have their own sweep in tests/test_answers_chapter.py, so the
+# two run on the two xdist workers at once
 
 # The stability grids' curves are thinned: no section reads their per-update curves, and
 # their 200 epoch points become 21 (train.log_every, train.log_every_epochs). The store

@@ -13,8 +13,6 @@ import pytest
 
 from tests.test_answers import answers_of_sweep
 
-pytestmark = pytest.mark.xdist_group("answers_chapter")
-
 # Curves are thinned where no rule needs their resolution: the per-update ones of streaming
 # and torch_losses (train.log_every), the 400 epochs of the full-batch fitting grids to 41
 # points (train.log_every_epochs). The store writes are most of the sweep's time. torch_losses

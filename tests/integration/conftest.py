@@ -56,12 +56,3 @@ def run_pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProces
         timeout=timeout,
         env=dict(os.environ),
     )
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (make test runs two workers), every test here goes to the same worker,
-    so the session's one server and one Ray head are started once."""
-    for item in items:
-        if item.get_closest_marker("integration"):
-            item.add_marker(pytest.mark.xdist_group("services"))
