@@ -188,24 +188,25 @@ def ensure_experiment(uri: str, name: str) -> str:
     if (uri, name) in _EXPERIMENTS:
         return _EXPERIMENTS[uri, name]
     client = get_client(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        exp_id = str(exp.experiment_id)
-        mark_training_experiment(client, exp)  # one made before the tag existed
-    else:
-        try:
-            exp_id = str(
-                client.create_experiment(
-                    name,
-                    artifact_location=artifact_root(uri),
-                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},  # the UI's training view
-                )
-            )
-        except MlflowException:  # another process created it first
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
+    with deferred_interrupts():  # it may write: the experiment, or its kind tag
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
             exp_id = str(exp.experiment_id)
+            mark_training_experiment(client, exp)  # one made before the tag existed
+        else:
+            try:
+                exp_id = str(
+                    client.create_experiment(
+                        name,
+                        artifact_location=artifact_root(uri),
+                        tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},  # the UI's training view
+                    )
+                )
+            except MlflowException:  # another process created it first
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = str(exp.experiment_id)
     _EXPERIMENTS[uri, name] = exp_id
     return exp_id
 
