@@ -16,7 +16,7 @@ PORT ?= 5000
 SWEEP_RUN ?= latest
 NUM_CPUS ?=
 
-.PHONY: help install train sweep report rerun ui server server-stop server-import bench test lint clean cluster cluster-stop
+.PHONY: help install train sweep report runs rerun ui server server-stop server-import bench test test-deps lint clean cluster cluster-stop
 
 help: ## list the targets
 	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,8 +51,11 @@ train: $(STAMP) ## one job with the default config (d2l 3.3); ARGS="model=scratc
 sweep: $(STAMP) $(if $(filter ray%,$(LAUNCHER)),$(RAY_STAMP)) ## the FAQ sweep: SWEEP=faq|lr|batch_size|reduction|loss|init|data_size|partial_batch|optimizers|fitting|smoke LAUNCHER=stacked|basic|joblib|ray|ray_stacked ARGS="..."
 	$(PY) -m pipeline -m sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
-report: $(STAMP) ## the FAQ report of a sweep: SWEEP_RUN=latest|<parent run id>, logged to that run
+report: $(STAMP) ## the FAQ report of a sweep (SWEEP_RUN=latest|<parent run id>), logged to that run; prints its path and digest
 	$(PY) -m pipeline.report --sweep $(SWEEP_RUN)
+
+runs: $(STAMP) ## a sweep's whole run table (grid, run, outcome, cached, mse, w_error): SWEEP_RUN=latest|<parent run id>
+	$(PY) -m pipeline.runs --sweep $(SWEEP_RUN)
 
 rerun: $(STAMP) ## rerun a logged run and compare: RUN=<run id>, or SWEEP_RUN=<parent run id>
 	$(PY) -m pipeline.rerun $(if $(RUN),$(RUN),--sweep $(SWEEP_RUN))
@@ -74,7 +77,13 @@ bench: $(RAY_STAMP) ## one table: seeds' loops, MLflow floor per run, G vs a pla
 	$(PY) -m pipeline.bench_ray
 	$(PY) -m pipeline.bench_stream
 
-test: $(RAY_STAMP) ## run the test suite (never touches mlruns/)
+# The integration tests' Debian packages: the team server's store, the browser and its driver.
+TEST_PACKAGES := postgresql chromium chromium-driver
+
+test-deps: ## the Debian packages the tests need: installed when missing (as root), else one line saying how
+	@python3 -m pipeline.sysdeps $(TEST_PACKAGES)
+
+test: test-deps $(RAY_STAMP) ## run the test suite (never touches mlruns/); installs what it needs
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy

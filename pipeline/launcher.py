@@ -14,10 +14,9 @@ overrides (artifacts ``config.yaml`` and ``overrides.yaml``).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -25,7 +24,8 @@ from omegaconf import DictConfig
 from pipeline.config import register_configs
 from pipeline.context import SweepContext
 from pipeline.procs import signals_as_interrupt
-from pipeline.sweep import JobComposer, count_progress, sweep_context, timing
+from pipeline.progress import outcome_of, record
+from pipeline.sweep import JobComposer, sweep_context
 
 log = logging.getLogger("pipeline.launcher")
 
@@ -52,6 +52,11 @@ def stacked_batch(
     return context, overrides, cfgs, group_by_schedule(cfgs)
 
 
+def outcomes(returns: Sequence[JobReturn]) -> list[str]:
+    """Each job's outcome for the sweep's progress (finished, diverged or failed)."""
+    return [outcome_of(r.status == JobStatus.COMPLETED, r._return_value) for r in returns]
+
+
 class StackedLauncherImpl(Launcher):
     stacks_jobs = True  # the sweeper resolves train.engine=auto to `stacked` for its jobs
 
@@ -71,27 +76,17 @@ class StackedLauncherImpl(Launcher):
 
         assert self.hydra_context is not None and self.config is not None
         register_configs()
-        t0 = time.time()
         context, overrides, cfgs, groups = stacked_batch(
             self.hydra_context, self.config, job_overrides
         )
         log.info(f"Stacked launcher: {len(cfgs)} jobs in {len(groups)} groups")
         returns: list[JobReturn | None] = [None] * len(cfgs)
-        local = context or SweepContext("", len(cfgs), t0)
-        done = 0
         with signals_as_interrupt():  # SIGTERM: the open run closes KILLED, then the parent
-            for g, idx in enumerate(groups, 1):
+            for idx in groups:
                 group = run_group([cfgs[i] for i in idx], [overrides[i] for i in idx], context)
                 for i, ret in zip(idx, group, strict=True):
                     returns[i] = ret
-                if context is not None:
-                    done = count_progress(self.config.hydra.sweep.dir, context, len(idx))
-                else:
-                    done += len(idx)
-                print(
-                    f"[{self.config.sweep.name}] group {g}/{len(groups)}: {len(idx)} jobs | "
-                    f"done {done}/{local.total} | {timing(local, done)}",
-                    flush=True,
-                )
+                if context is not None:  # the sweep's progress view shows it
+                    record(self.config.hydra.sweep.dir, context, outcomes(group))
         assert all(r is not None for r in returns)
         return returns  # type: ignore[return-value]

@@ -26,7 +26,6 @@ import importlib.util
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,12 +168,12 @@ class RayStackedLauncherImpl(Launcher):
         import ray
 
         from pipeline.config import register_configs
-        from pipeline.launcher import stacked_batch
+        from pipeline.launcher import outcomes, stacked_batch
+        from pipeline.progress import record
 
         assert self.hydra_context is not None and self.config is not None
         register_configs()
         init_ray(self.config)
-        t0 = time.time()
         context, job_overrides, cfgs, stacked = stacked_batch(
             self.hydra_context, self.config, job_overrides
         )
@@ -192,7 +191,6 @@ class RayStackedLauncherImpl(Launcher):
             for idx in groups
         }
         returns: list[JobReturn | None] = [None] * len(cfgs)
-        done, name, total = 0, self.config.sweep.name, len(groups)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             idx = pending.pop(ready[0])
@@ -207,13 +205,7 @@ class RayStackedLauncherImpl(Launcher):
                     rets.append(ret)
             for i, ret in zip(idx, rets, strict=True):
                 returns[i] = ret
-            done += len(idx)
-            elapsed = time.time() - t0
-            print(
-                f"[{name}] task {total - len(pending)}/{total}: {len(idx)} jobs | done "
-                f"{initial_job_idx + done}/{initial_job_idx + len(cfgs)} | elapsed "
-                f"{elapsed:.1f}s | ETA {elapsed / done * (len(cfgs) - done):.0f}s",
-                flush=True,
-            )
+            if context is not None:  # the sweep's progress view shows it
+                record(self.config.hydra.sweep.dir, context, outcomes(rets))
         assert all(r is not None for r in returns)
         return returns  # type: ignore[return-value]

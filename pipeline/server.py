@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline import sysdeps
+
 # postgres refuses to run as root; when we are root its files and processes belong to the
 # system user that the Debian package creates.
 PG_SYSTEM_USER = "postgres"
@@ -187,14 +189,10 @@ def pg_bin_dir() -> Path:
 
 def ensure_postgres_installed() -> Path:
     """The PostgreSQL binaries, installed from Debian's package first if missing (as root)."""
-    with contextlib.suppress(ServerError):
-        return pg_bin_dir()
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ServerError("PostgreSQL is not installed: sudo apt-get install -y postgresql")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("installing PostgreSQL (apt-get install postgresql)", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env)
+    try:
+        sysdeps.ensure(["postgresql"])
+    except sysdeps.MissingPackages as exc:
+        raise ServerError(str(exc)) from None
     return pg_bin_dir()
 
 

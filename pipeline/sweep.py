@@ -43,7 +43,8 @@ from pipeline.config import PROJECT_ROOT, ConfigError, validate
 from pipeline.context import StoreError, SweepContext, tracking_uri
 from pipeline.engines import resolve_engine
 from pipeline.identity import config_hash
-from pipeline.procs import ProcessId, file_lock, signals_as_interrupt, watch_owner
+from pipeline.procs import ProcessId, signals_as_interrupt, watch_owner
+from pipeline.progress import ProgressView, outcome_of, record
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
 
 if TYPE_CHECKING:
@@ -381,16 +382,19 @@ class GridsSweeperImpl(Sweeper):
             f"{parent.run_id}"
         )
         owner = str(ProcessId.current())
-        extra = SweepContext(parent.run_id, len(todo), t0, owner).hydra_overrides()
+        context = SweepContext(parent.run_id, len(todo), t0, owner)
+        extra = context.hydra_overrides()
         # an extended sweep in a fixed hydra.sweep.dir continues the job numbering, so the
         # job dirs of earlier runs are not overwritten
         first = next_job_num(self.sweep_dir())
         results: list[Sequence[JobReturn]] = []
+        view = ProgressView(self.sweep_dir(), context, cfg.sweep.name, len(unique) - len(todo))
         try:
-            size = self.max_batch_size or max(len(todo), 1)
-            for start in range(0, len(todo), size):
-                batch = [j.overrides + extra for j in todo[start : start + size]]
-                results.append(self.launcher.launch(batch, initial_job_idx=first + start))
+            with view if todo else contextlib.nullcontext():
+                size = self.max_batch_size or max(len(todo), 1)
+                for start in range(0, len(todo), size):
+                    batch = [j.overrides + extra for j in todo[start : start + size]]
+                    results.append(self.launcher.launch(batch, initial_job_idx=first + start))
         except BaseException as exc:
             killed = isinstance(exc, KeyboardInterrupt)
             close_orphans(uri, exp_id, parent.run_id)
@@ -414,20 +418,21 @@ class GridsSweeperImpl(Sweeper):
         summary.drop(columns=["run_id"]).to_csv(self.sweep_dir() / "summary.csv", index=False)
         failed = (summary["status"][~summary["cached"]] == "failed").any()
         if cfg.sweep.report and not failed:
+            from pipeline.digest import print_findings
+
             # the report is a function of the sweep's runs: when this invocation ran none and
             # the parent holds a complete report, building it again would repeat it
             if not todo and "report/answers.json" in queries.artifact_names(
                 uri, parent.run_id, "report"
             ):
-                print(
-                    f"report: unchanged (every job was cached), on the parent run "
-                    f"{parent.run_id} under report/; `make report` builds it again"
-                )
+                print("report: unchanged (every job was cached); `make report` builds it again")
             else:
                 from pipeline.report import build_report  # matplotlib & co only when asked
 
                 build_report(parent.run_id, uri=uri)
-                print(f"report: logged to the parent run {parent.run_id} under report/")
+            run = queries.get_run(uri, parent.run_id)
+            assert run is not None
+            print_findings(uri, run)
         if failed:
             raise SystemExit(1)
         return results
@@ -494,7 +499,7 @@ def summarize(
     wall: float,
     cached_runs: dict[str, Run] | None = None,
 ) -> pd.DataFrame:
-    """Print and log the table of every job's run and the counts; close the parent. Read back
+    """Print the counts per grid, log the table of every job's run; close the parent. Read back
     from MLflow, not from the launcher's memory: the runs this sweep ran from the parent's
     children, the cached ones as the cache lookup read them (``cached_runs``, by hash)."""
     import pandas as pd
@@ -520,21 +525,31 @@ def summarize(
             run = queries.get_run(uri, job.cached_run) if job.cached_run else None
         rows.append(row_of(job, run, cached))
     df = pd.DataFrame(rows)
-    counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
-    n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
-    n["cached"] = int(df["cached"].sum())
-    cached_diverged = int((df["cached"] & (df["status"] == "diverged")).sum())
-    with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(df.drop(columns=["run_id"]).to_string(index=False))
-    print(
-        f"sweep: {len(df)} jobs: {n['finished']} finished, {n['diverged']} diverged, "
-        f"{n['failed']} failed, {n['cached']} cached"
-        + (f" ({cached_diverged} of them diverged)" if cached_diverged else "")
-        + f" in {wall:.1f}s; parent run {parent.run_id}"
-    )
+    n = outcome_counts(df)
+    # one line per grid (a preset's question), then the whole; the run table is `make runs`
+    for grid, g in df.groupby("grid", sort=False):
+        print(f"  {grid}: {counts_text(outcome_counts(g))}")
+    print(f"sweep: {counts_text(n)} in {wall:.1f}s; parent run {parent.run_id}")
     parent.log_summary(n, df.to_csv(index=False))
     parent.close(RunStatus.FAILED if n["failed"] else RunStatus.FINISHED, wall)
     return df
+
+
+def outcome_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Jobs run by this invocation per outcome (finished, diverged, failed), and the cached
+    ones (whatever their outcome)."""
+    counts = df.loc[~df["cached"], "status"].value_counts().to_dict()
+    n = {k: int(counts.get(k, 0)) for k in ("finished", "diverged", "failed")}
+    n["cached"] = int(df["cached"].sum())
+    return n
+
+
+def counts_text(n: dict[str, int]) -> str:
+    runs = sum(n.values())
+    return (
+        f"{runs} runs: {n['finished']} finished, {n['diverged']} diverged, {n['failed']} failed, "
+        f"{n['cached']} cached"
+    )
 
 
 def row_of(job: Job, run: Run | None, cached: bool) -> dict[str, Any]:
@@ -569,27 +584,10 @@ def sweep_context(job_overrides: Sequence[Sequence[str]]) -> SweepContext | None
 # --- the callback -----------------------------------------------------------------------------
 
 
-def count_progress(sweep_dir: str | Path, context: SweepContext, n: int = 1) -> int:
-    """Jobs done so far in this sweep, after adding ``n``: a counter file in the sweep dir,
-    under a lock, so that the progress lines of parallel workers count up in order."""
-    path = Path(sweep_dir) / f".progress-{context.started}"
-    with file_lock(path.with_suffix(".lock")):
-        done = (int(path.read_text() or 0) if path.exists() else 0) + n
-        path.write_text(str(done))
-    return done
-
-
-def timing(context: SweepContext, done: int) -> str:
-    """``elapsed …s | ETA …s`` of a progress line."""
-    elapsed = time.time() - context.started
-    eta = elapsed / max(done, 1) * (context.total - done)
-    return f"elapsed {elapsed:.1f}s | ETA {eta:.0f}s"
-
-
 class SweepCallback(Callback):
     """Hydra callback of every sweep: prepares the store before any worker starts, closes
-    stale runs, ends a worker process whose sweep is gone, and prints one progress line per
-    job (readable in CI logs)."""
+    stale runs, ends a worker process whose sweep is gone, and counts each job's outcome for
+    the sweep's progress view (:mod:`pipeline.progress`)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
@@ -616,17 +614,12 @@ class SweepCallback(Callback):
             watch_owner(owner)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        # in whichever process ran the job: counted for the sweep's progress view
         context = SweepContext.from_env(config.hydra.job.env_set)
         if context is None:
             return
-        done = count_progress(config.hydra.sweep.dir, context)
         ok = job_return.status == JobStatus.COMPLETED
-        value = job_return._return_value
-        result = f"mse {value:.3g}" if ok and isinstance(value, float) else "FAILED"
-        print(
-            f"[{config.sweep.name}] job {done}/{context.total} {result} | {timing(context, done)}",
-            flush=True,
-        )
+        record(config.hydra.sweep.dir, context, [outcome_of(ok, job_return._return_value)])
 
 
 def fail_fast_if_unreachable(uri: str) -> None:

@@ -66,6 +66,10 @@ from pipeline.views import (
 if TYPE_CHECKING:
     from pipeline.train import History
 
+# MLflow draws a tqdm bar for each artifact download, and the report reads dozens: noise in a
+# sweep's output, which has its own progress view (the variable set to true restores them)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 # --- the store ----------------------------------------------------------------------------------
 

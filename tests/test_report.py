@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -169,3 +170,53 @@ def test_report_without_a_sweep_says_so(
     assert report_main(["--sweep", "0" * 32]) == 2
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("error: no run")
+
+
+def test_make_report_prints_the_report_path_and_each_answer_in_one_sentence(
+    small_sweep: mlflow.entities.Run,
+    client: mlflow.MlflowClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The sweep's last lines, and `make report`'s: an existing report.html, the way to the
+    runs, and one line per answered section in the report's own words (answers.json)."""
+    capsys.readouterr()
+    assert report_main(["--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("report: ") and out[0].endswith("/report/report.html")
+    assert Path(out[0].removeprefix("report: ")).is_file()
+    assert out[1].startswith("runs: `make ui`")
+    answers = json.loads((tmp_path / "report" / "answers.json").read_text())
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    digest = answers["digest"]
+    answered = {k for k in ("lr", "reduction", "per_sample", "huber", "newton")}
+    assert answered <= {d["key"] for d in digest}
+    for d in digest:
+        # the first sentence of the report's answer, set in bold there
+        assert f"**Answer.** **{d['answer']}**" in markdown
+        assert f"  - {d['title']}: {d['answer']}" in out
+    assert len(out) == 3 + len(digest)
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        (
+            "Sweep lr on a log scale and read the final loss. Then stop.",
+            "Sweep lr on a log scale and read the final loss.",
+        ),
+        (  # too short alone: the next sentence joins it
+            "Yes. Differentiation is linear, so the batch gradient is their mean. More.",
+            "Yes. Differentiation is linear, so the batch gradient is their mean.",
+        ),
+        (  # an abbreviation and a number do not end a sentence
+            "Use a small lr, e.g. 0.03 for B = 10 as d2l does. Larger ones diverge.",
+            "Use a small lr, e.g. 0.03 for B = 10 as d2l does.",
+        ),
+        ("It converges below 0.5 times the bound", "It converges below 0.5 times the bound"),
+    ],
+)
+def test_first_sentence(text: str, first: str) -> None:
+    from pipeline.digest import first_sentence
+
+    assert first_sentence(text) == first

@@ -182,7 +182,7 @@ def test_smoke_sweep_then_identical_rerun_and_light_paths(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run_app(monkeypatch, tmp_path, "sweep=smoke")
-    first = capsys.readouterr().out
+    first, progress = capsys.readouterr()
     parents, children = split(all_runs(client))
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
@@ -201,9 +201,21 @@ def test_smoke_sweep_then_identical_rerun_and_light_paths(
         "jobs.json",
         "summary.csv",
     }
-    assert "2 finished, 2 diverged, 0 failed, 0 cached" in first
-    for n in range(1, 5):
-        assert f"job {n}/4" in first
+    # the counts per grid and in all (the run table is `make runs`), the progress on stderr
+    assert "sweep: 4 runs: 2 finished, 2 diverged, 0 failed, 0 cached in " in first
+    assert "  smoke: 4 runs: 2 finished, 2 diverged, 0 failed, 0 cached" in first.splitlines()
+    assert not any(c.info.run_name in first for c in children)  # no run table
+    from pipeline.runs import main as runs_main  # `make runs`: the whole table
+
+    assert runs_main([]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["grid", "run", "status", "cached", "mse", "w_error"]
+    assert sorted(line.split()[1] for line in table[1:]) == sorted(
+        c.info.run_name for c in children
+    )
+    assert progress.splitlines()[-1].startswith(
+        "[smoke] 4/4 jobs (100%), finished 2, diverged 2, failed 0, cached 0 | elapsed "
+    )
 
     # Then the command line, in one fresh interpreter: --help, --cfg job and bad inputs never
     # import torch or MLflow; the same sweep again finds every job cached without torch.

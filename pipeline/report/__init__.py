@@ -4,8 +4,9 @@ Reads a sweep's runs back from MLflow (:mod:`pipeline.queries`) and writes one s
 question (one module each in ``pipeline/report/sections/``): the question, a table, a plot
 and a short answer whose every number is computed from the runs. Sections select runs by
 their params, never by preset names, so runs from any sweep that match count. The markdown,
-an HTML page and the PNGs are logged to the sweep's parent run under ``report/``, and the
-markdown is printed.
+an HTML page, the PNGs and ``answers.json`` are logged to the sweep's parent run under
+``report/``; it prints where the report is and each section's one-sentence answer
+(:mod:`pipeline.digest`), or with ``--markdown`` the whole report first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from pipeline import queries
 from pipeline.config import register_configs
+from pipeline.digest import first_sentence, print_findings
 from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
@@ -114,6 +116,12 @@ def answers_of(sections: list[Section]) -> dict[str, Any]:
 
     out: dict[str, Any] = {s.key: clean(s.answers) for s in sections if not s.missing}
     out["runs"] = {s.key: s.run_ids for s in sections if not s.missing}
+    # each answer's first sentence, in the report's words: what a finished sweep prints
+    out["digest"] = [
+        {"key": s.key, "title": s.title, "answer": first_sentence(s.answer)}
+        for s in sections
+        if not s.missing and s.answer
+    ]
     return out
 
 
@@ -142,11 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", default="latest", help="latest or a sweep's parent run id")
     parser.add_argument("--out", type=Path, default=None, help="also keep the files here")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the whole report, not just its digest"
+    )
     args = parser.parse_args(argv)
+    uri = tracking_uri()
     try:
-        markdown, _ = build_report(args.sweep, args.out)
+        markdown, _ = build_report(args.sweep, args.out, uri=uri)
+        parent = find_parent(uri, args.sweep)
     except (ReportError, StoreError) as exc:
         print(f"error: {exc}")
         return 2
-    print(markdown)
+    if args.markdown:
+        print(markdown)
+    print_findings(uri, parent)
     return 0

@@ -7,7 +7,16 @@ import html
 import pandas as pd
 from mlflow.entities import Run
 
+from pipeline.digest import first_sentence
 from pipeline.report.data import Section
+
+
+def lead(answer: str, start: str, end: str | None = None) -> str:
+    """The answer with its first sentence (the sweep's digest line) set in bold."""
+    head = first_sentence(answer)
+    if not head or not answer.startswith(head):
+        return answer
+    return f"{start}{head}{start if end is None else end}{answer[len(head) :]}"
 
 
 def hint(s: Section) -> str:
@@ -33,7 +42,7 @@ def to_markdown(parent: Run, sections: list[Section]) -> str:
             lines += ["```python", s.code, "```", ""]
         if s.figure:
             lines += [f"![{s.title}]({s.figure})", ""]
-        lines += [f"**Answer.** {s.answer}", ""]
+        lines += [f"**Answer.** {lead(s.answer, '**')}", ""]
     return "\n".join(lines)
 
 
@@ -56,7 +65,8 @@ def to_html(parent: Run, sections: list[Section]) -> str:
             body.append(f"<pre><code>{html.escape(s.code)}</code></pre>")
         if s.figure:
             body.append(f'<img src="{s.figure}" alt="{html.escape(s.title)}">')
-        body.append(f"<p><strong>Answer.</strong> {html.escape(s.answer)}</p>")
+        answer = lead(html.escape(s.answer, quote=False), "<strong>", "</strong>")
+        body.append(f"<p><strong>Answer.</strong> {answer}</p>")
     style = (
         "body{font-family:sans-serif;max-width:60em;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
