@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,8 +29,11 @@ from tests.test_sweep import CONTRACT
 
 pytestmark = pytest.mark.integration
 
-# 12 jobs: 2 seeds (2 stacked groups of 6) x 2 models x 3 learning rates, one of them diverging
-GRID = ["model=linear,scratch", "optim.lr=0.03,0.3,3", "seed=0,1"]
+# 4 jobs: both models' codes (the Ray launcher runs each alone), one lr that trains and one
+# that diverges; the stacked launcher trains them as one group
+GRID = ["model=linear,scratch", "optim.lr=0.03,3", "seed=0"]
+# 4 jobs in 2 stacked groups (one per seed), so that a lost task leaves the other one's jobs
+KILL_GRID = ["model=linear,scratch", "optim.lr=0.03", "seed=0,1"]
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "default_worker", "dashboard", "log_monitor")
 
 
@@ -43,21 +45,6 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
             return value
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout}s")
-
-
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.Head]:
-    state = tmp_path_factory.mktemp("ray")
-    head = cluster.start(num_cpus=2, state_dir=state, object_store_mb=100)
-    try:
-        yield head
-    finally:
-        if "ray" in sys.modules:  # this process's driver connection (the in-process sweeps)
-            sys.modules["ray"].shutdown()
-        cluster.stop(state)
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        left = [ln for ln in ps.splitlines() if head.temp_dir in ln]
-        assert not head.pids() and not left, f"Ray processes left: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -122,11 +109,11 @@ def test_sweep_on_ray_equals_in_process(
     client, exp = on_cluster, f"ray-{launcher}"
     run_app(monkeypatch, f"hydra/launcher={launcher}", f"tracking.experiment={exp}", *GRID)
     parents, children = runs_of(client, exp)
-    assert len(parents) == 1 and len(children) == 12
+    assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == 0
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert len({c.data.tags["config_hash"] for c in children}) == 12
+    assert len({c.data.tags["config_hash"] for c in children}) == 4
     assert len({c.data.tags["pid"] for c in children}) >= 2 - (launcher == "ray_stacked")
     assert os.getpid() not in {int(c.data.tags["pid"]) for c in children}  # on the workers
     for child in children:
@@ -150,8 +137,8 @@ def test_sweep_on_ray_equals_in_process(
     # again: everything is cached, nothing is created
     run_app(monkeypatch, f"hydra/launcher={launcher}", f"tracking.experiment={exp}", *GRID)
     parents, children = runs_of(client, exp)
-    assert len(parents) == 1 and len(children) == 12
-    assert parents[0].data.metrics["n_cached"] == 12
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].data.metrics["n_cached"] == 4
 
 
 def busy_workers(head: cluster.Head, title: str) -> list[int]:
@@ -188,7 +175,7 @@ def test_killing_a_worker_mid_sweep(
         "train.batch_size=1",
         "train.epochs=1",
         "train.log_every=100",
-        *GRID,
+        *KILL_GRID,
     ]
     first = args + ([] if retries is None else [f"hydra.launcher.max_retries={retries}"])
     # the sweep's driver in a thread of this process, while this thread kills a worker
@@ -216,10 +203,10 @@ def test_killing_a_worker_mid_sweep(
     assert len(finished) == len(set(finished))
     if retries == 0:  # the lost task's jobs are reported failed: the sweep exits 1
         assert isinstance(outcome[0], SystemExit) and outcome[0].code == 1, outcome
-        assert 0 < parents[0].data.metrics["n_failed"] < 12
+        assert 0 < parents[0].data.metrics["n_failed"] < 4
     else:  # Ray re-ran the lost task
         assert outcome == [None]
-        assert len(finished) == 12
+        assert len(finished) == 4
     # the killed attempt's run (if it had begun) was closed, not left RUNNING
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
 
@@ -228,21 +215,18 @@ def test_killing_a_worker_mid_sweep(
     parents, children = runs_of(client, exp)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [c.data.tags["config_hash"] for c in children if c.info.status == "FINISHED"]
-    assert len(finished) == len(set(finished)) == 12
+    assert len(finished) == len(set(finished)) == 4
     assert not [c for c in children if c.info.status == "RUNNING"]
 
 
 def test_stopping_a_head_leaves_other_rays_alone(
-    ray_head: cluster.Head, tmp_path_factory: pytest.TempPathFactory
+    ray_head: cluster.Head, spare_ray_head: tuple[cluster.Head, Path]
 ) -> None:
     """cluster-stop ends exactly its own head: the session's head keeps every process."""
+    other, state = spare_ray_head  # started beside the session's head, stopped here
     before = set(ray_head.pids())
-    state = tmp_path_factory.mktemp("other-ray")
-    other = cluster.start(num_cpus=1, state_dir=state, object_store_mb=80)
-    try:
-        assert other.address != ray_head.address and other.pids()
-        assert (state / "address").read_text().strip() == other.address
-    finally:
-        assert cluster.stop(state) >= 3
+    assert other.address != ray_head.address and other.pids()
+    assert (state / "address").read_text().strip() == other.address
+    assert cluster.stop(state) >= 3
     assert not other.pids() and not (state / "address").exists()
     assert before <= set(ray_head.pids())  # (workers may have been added, none removed)
