@@ -155,8 +155,16 @@ def test_sweep_url_opens_training_runs_with_compare_and_search(ui: UI) -> None:
             compared = {c.data.params["loss.name"] for c in by_mse[:2]}
             assert set(loss_row.inner_text().split()[1:]) == compared
             page.screenshot(path=ui.shots / "compare.png", full_page=True)
-            page.get_by_role("link", name="mse", exact=True).click()
+            # the compare page re-renders as its runs load, which can swallow a click on a
+            # loaded machine: click again while the metric page's chart has not opened
             chart = page.get_by_test_id("experiment-view-compare-runs-card")
+            for attempt in range(3):
+                page.get_by_role("link", name="mse", exact=True).click()
+                try:
+                    expect(chart).to_be_visible(timeout=20_000)
+                    break
+                except AssertionError:
+                    assert attempt < 2, "the mse link never opened the metric page"
             expect(chart.get_by_role("heading", name="mse", exact=True)).to_be_visible()
             expect(chart.locator(".js-plotly-plot")).to_be_visible()
             for run in by_mse[:2]:  # one curve per compared run, named in the legend
