@@ -188,5 +188,8 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         " ".join(p for p in parts if p)
         + f" Footing: the scratch model, lr 0.03, B = 10, one epoch, {len(rows)} runs over "
         "the same seeds; graph size and backward time are logged per update "
-        "(`graph_nodes`, `backward_ms`)."
+        "(`graph_nodes`, `backward_ms`). One epoch settles no run (d2l's own: "
+        + outcome_counts(rows[rows["sgd"] == "no_grad"])
+        + "): the variants are compared update for update on the same seeds, not at "
+        "convergence."
     )
