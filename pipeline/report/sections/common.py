@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import stats, theory
+from pipeline.outcome import OUTCOMES
 from pipeline.report.data import SweepData
 
 # The d2l chapter's setting (what `python -m pipeline` trains), less the key a section varies:
@@ -95,13 +96,10 @@ def with_status(d: SweepData, rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(status=rows["outcome"])
 
 
-OUTCOME_ORDER = ("converged", "unconverged", "diverged", "update_error")
-
-
 def outcome_counts(rows: pd.DataFrame) -> str:
     """'45 converged, 3 unconverged, 2 diverged': a group's runs by outcome (zeros left out)."""
     counts = rows["outcome"].value_counts()
-    parts = [f"{int(counts[o])} {o}" for o in OUTCOME_ORDER if o in counts]
+    parts = [f"{int(counts[o])} {o}" for o in OUTCOMES if o in counts]
     return ", ".join(parts) or "0 runs"
 
 
