@@ -151,6 +151,13 @@ def save_runs_view(
     tag = SHARED_VIEW_PREFIX + view_key(parent_run_id)
     client.set_experiment_tag(experiment_id, tag, json.dumps(state))
     collapsed = {f"tag.cell.{cell}": False for cell in sorted(cells)}
-    grouped = {**state, "groupBy": GROUP_BY_CELL, "groupsExpanded": collapsed}
+    # by cell: the UI groups the runs it has loaded (pages of 100), so a page then holds
+    # whole cells but for the one it ends in
+    grouped = {
+        **state,
+        "orderByKey": "tags.`cell`",
+        "groupBy": GROUP_BY_CELL,
+        "groupsExpanded": collapsed,
+    }
     tag = SHARED_VIEW_PREFIX + view_key(parent_run_id, grouped=True)
     client.set_experiment_tag(experiment_id, tag, encode_view(grouped))
