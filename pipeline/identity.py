@@ -41,6 +41,30 @@ def config_hash(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Keys that only repeat a measurement: another seed draws the same experiment again, another
+# engine trains the same numbers with other code, the logging keys change how many points of
+# the same curves are kept. A cell is a config without them: its runs are replicates.
+REPLICATE_KEYS = frozenset({"seed", "train.engine", "train.log_every", "train.log_every_epochs"})
+
+
+def cell_hash(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
+    """Stable hash of the config without what only repeats a measurement (REPLICATE_KEYS)."""
+    flat = flatten(
+        {k: v for k, v in (tree or to_container(cfg)).items() if k not in UNTRACKED_KEYS}
+    )
+    kept = {k: v for k, v in flat.items() if k not in REPLICATE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def cell_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
+    """The run's cell, readable and unique: its run name's settings without the seed, the
+    engine and the logging keys, then :func:`cell_hash` (e.g. ``linear-mse-lr0.03-bs10-
+    3f2a9c1b``). Runs of one cell are the seeds (and engines) of one measurement: the MLflow
+    UI's *Group by* ``cell`` averages them."""
+    tree = tree or to_container(cfg)
+    return "-".join([*_name_parts(cfg, tree, skip=REPLICATE_KEYS), cell_hash(cfg, tree)])
+
+
 @functools.cache
 def default_values(*overrides: str) -> dict[str, Any]:
     """The flattened config that ``python -m pipeline`` runs with no overrides (from conf/),
@@ -88,15 +112,24 @@ def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
     ``tree``: ``to_container(cfg)``, if already made."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
+    return "-".join([*_name_parts(cfg, tree or to_container(cfg)), f"s{cfg.seed}"])
+
+
+def _name_parts(
+    cfg: DictConfig, tree: dict[str, Any], skip: frozenset[str] = frozenset()
+) -> list[str]:
+    """The settings a run name shows (the seed aside), without the keys in ``skip``."""
     reduction = cfg.loss.reduction.value
     loss = cfg.loss.name.value + ("" if reduction == "mean" else f"-{reduction}")
     parts = [cfg.model.name.value, loss, f"lr{cfg.optim.lr:g}", f"bs{cfg.train.batch_size}"]
     defaults = default_values()
     optim = cfg.optim.name.value
     own = defaults if optim == defaults["optim.name"] else default_values(f"optim={optim}")
-    for key, value in flatten(tree or to_container(cfg)).items():
+    for key, value in flatten(tree).items():
         ref = own if key.startswith("optim.") and key != "optim.name" else defaults
-        if key in _SHOWN or key.split(".")[0] in UNTRACKED_KEYS or ref.get(key) == value:
+        if key in _SHOWN or key in skip or key.split(".")[0] in UNTRACKED_KEYS:
+            continue
+        if ref.get(key) == value:
             continue
         if key == "train.engine" and value == "d2l":
             continue  # the model's own code is what the name already says
@@ -107,5 +140,4 @@ def run_name(cfg: DictConfig, tree: dict[str, Any] | None = None) -> str:
             parts.append(f"{label}{value:g}")
         else:
             parts.append(f"{label}{value}")
-    parts.append(f"s{cfg.seed}")
-    return "-".join(parts)
+    return parts

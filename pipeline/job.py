@@ -89,8 +89,8 @@ def run_job(
         run.finish(hist, **cost)
     if hist.diverged:
         log.warning(
-            f"WARNING: diverged at update {hist.diverged_at_step} "
-            f"(optim.lr={cfg.optim.lr}); run {run.run_id} is tagged diverged=true"
+            f"WARNING: diverged ({hist.outcome_reason}; optim.lr={cfg.optim.lr}); "
+            f"run {run.run_id} is tagged outcome=diverged"
         )
     return hist.final_mse
 

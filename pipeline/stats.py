@@ -6,8 +6,9 @@
   95% intervals can overlap while the difference is significant at p ≈ 0.005), so it would call
   real differences null; with ≥ 5 seeds per side Welch's test is well behaved.
 - :func:`converged`: the epoch loss changed by less than 1e-3 (relative) over the last 10% of
-  training, or by less than a stated noise-floor tolerance.
-- :func:`failed`: diverged, a non-finite loss, or a final loss above the initial one.
+  training, or by less than a stated noise-floor tolerance; :func:`failed`: diverged, a
+  non-finite loss, or a final loss above the initial one (both from :mod:`pipeline.outcome`,
+  where training classifies each run once).
 
 scipy comes with mlflow (a declared dependency); it is used only for t quantiles/p-values.
 """
@@ -22,6 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
+
+# the convergence and failure rules live with the run outcome that training decides
+from pipeline.outcome import converged as converged
+from pipeline.outcome import failed as failed
 
 NO_DIFFERENCE = "no measurable difference"
 
@@ -115,40 +120,6 @@ def compare(a: Any, b: Any, alpha: float = 0.05) -> Comparison:
         p = float(_st.ttest_ind(x, y, equal_var=False).pvalue)
     verdict = NO_DIFFERENCE if not p < alpha else ("a < b" if mx < my else "a > b")
     return Comparison(verdict, mx - my, ratio, p, len(x), len(y))
-
-
-def converged(
-    losses: Sequence[float] | np.ndarray,
-    tail: float = 0.1,
-    rtol: float = 1e-3,
-    floor_tol: float | None = None,
-) -> bool:
-    """Whether an epoch-loss history (entry 0 = before training) has settled.
-
-    Let E = len(losses) − 1 epochs and k = max(1, ⌈tail·E⌉): converged iff every value is
-    finite and |L_E − L_{E−k}| < rtol·|L_{E−k}|, or |L_E − L_{E−k}| ≤ floor_tol (an absolute
-    tolerance: the loss fluctuation at the SGD noise floor, e.g. 3 ×
-    :func:`pipeline.theory.excess_loss_at_floor`, under which a constant-lr run cannot settle
-    further). Needs at least one epoch; a failed run (see :func:`failed`) is never converged.
-    """
-    L = np.asarray(losses, dtype=float)
-    if len(L) < 2 or not np.isfinite(L).all() or failed(L):
-        return False
-    E = len(L) - 1
-    k = max(1, math.ceil(tail * E))
-    change = abs(L[-1] - L[-1 - k])
-    if change < rtol * abs(L[-1 - k]):
-        return True
-    return floor_tol is not None and change <= floor_tol
-
-
-def failed(losses: Sequence[float] | np.ndarray, diverged: bool = False) -> bool:
-    """A run that is not a result: it diverged (the trainer's flag), its loss history has a
-    non-finite value or is empty, or its final loss is above its initial loss."""
-    L = np.asarray(losses, dtype=float)
-    if diverged or len(L) == 0 or not np.isfinite(L).all():
-        return True
-    return bool(L[-1] > L[0])
 
 
 def tail_rms(values: Sequence[float] | np.ndarray, first: int = 0) -> float:

@@ -21,7 +21,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats as _st
+
+
+def _norm() -> Any:
+    """scipy's normal distribution, imported when first needed: scipy.stats costs about a
+    second to import, and training uses this module (the noise-floor tolerance of each run's
+    outcome) in every job process without needing it."""
+    from scipy import stats
+
+    return stats.norm
+
 
 #: log-log slope of the OLS error against n (E‖ŵ − w‖ ∝ n^−½)
 OLS_SLOPE = -0.5
@@ -396,8 +405,8 @@ def _gauss_psi(tau: float, delta: float) -> tuple[float, float]:
     if tau == 0:
         return 0.0, 1.0
     u = delta / tau
-    inside = 2 * _st.norm.cdf(u) - 1
-    e_psi2 = tau**2 * (inside - 2 * u * _st.norm.pdf(u)) + delta**2 * (1 - inside)
+    inside = 2 * _norm().cdf(u) - 1
+    e_psi2 = tau**2 * (inside - 2 * u * _norm().pdf(u)) + delta**2 * (1 - inside)
     return float(e_psi2), float(inside)
 
 
@@ -429,7 +438,7 @@ def effective_sigma2(
         e2, e1 = huber_moments(sigma, delta, fraction, scale)
         return e2 / e1**2
     if name == "l1":
-        density = (1 - fraction) * _st.norm.pdf(0, scale=sigma) + fraction * _st.norm.pdf(
+        density = (1 - fraction) * _norm().pdf(0, scale=sigma) + fraction * _norm().pdf(
             0, scale=math.sqrt(sigma**2 + scale**2)
         )
         return 1 / (4 * density**2)

@@ -52,7 +52,8 @@ from pipeline.context import (
     tracking_uri,
 )
 from pipeline.engines import engine_of
-from pipeline.identity import config_hash, flatten, run_name, to_container
+from pipeline.identity import cell_name, config_hash, flatten, run_name, to_container
+from pipeline.outcome import DIVERGED
 from pipeline.procs import ProcessId, deferred_interrupts, file_lock
 from pipeline.views import (
     EXPERIMENT_KIND_TAG,
@@ -289,6 +290,7 @@ def run_tags(
         "reduction": cfg.loss.reduction.value,
         "engine": engine_of(cfg),  # the code that trained it: scratch, linear or stacked
         "config_hash": config_hash(cfg, tree),
+        "cell": cell_name(cfg, tree),  # the config without its seed: the UI groups by it
         "sweep": cfg.sweep.name,
         **version_tags(),
         # what makes a CPU run bit-reproducible: explicit generators seeded from `seed`,
@@ -348,6 +350,24 @@ def history_metrics(hist: History, now_ms: int) -> list[Metric]:
     for key, value in finals.items():
         out += metric(key, value, 0)
     return out
+
+
+def outcome_tags(outcome: str, reason: str) -> dict[str, str]:
+    """How a run ended (pipeline.outcome), and ``diverged`` as before: the same verdict."""
+    return {
+        "outcome": outcome,
+        "outcome_reason": reason[:5000],
+        "diverged": str(outcome == DIVERGED).lower(),
+    }
+
+
+def tag_outcomes(uri: str, tags: dict[str, dict[str, str]]) -> None:
+    """Write tags on existing runs (run id -> tags): the report's back-fill of the outcome
+    of runs logged before it existed, one batch per run."""
+    client = get_client(uri)
+    for run_id, run_tags_ in tags.items():
+        with deferred_interrupts():
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags_.items()])
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -422,7 +442,7 @@ class RunLogger:
                 now = int(time.time() * 1000)
                 metrics = history_metrics(self._hist, now)
                 metrics += [Metric(k, v, now, 0) for k, v in self._extra_metrics.items()]
-                tags = {"diverged": str(self._hist.diverged).lower()}
+                tags = outcome_tags(self._hist.outcome, self._hist.outcome_reason)
                 if self._hist.update_error is not None:
                     tags["update_error"] = self._hist.update_error[:5000]
                 self._close(RunStatus.FINISHED, metrics, tags)

@@ -38,6 +38,7 @@ from pipeline.config import (
 )
 from pipeline.data import Generators, make_generators, synthetic_data, with_bias_column
 from pipeline.engines import engine_of, resolve_engine  # torch-free: the sweeper plans with them
+from pipeline.outcome import DIVERGED, classify, floor_tolerance_of
 from pipeline.sources import DataSource, MemorySource, StreamSource
 from pipeline.steps import make_step
 
@@ -91,14 +92,19 @@ class History:
     data_mb: float = math.nan  # MB of examples the data source held at once (all n, or a chunk)
     probes: dict[str, list[float]] = field(default_factory=dict)  # step diagnostics, at `steps`
     update_error: str | None = None  # the update that could not be made (training stopped)
+    # how it ended (pipeline.outcome.classify of the logged train_loss history) and why
+    outcome: str = ""
+    outcome_reason: str = ""
 
     @property
     def diverged(self) -> bool:
-        return self.diverged_at_step is not None
+        """Stopped by the trainer, or ended above its initial loss (outcome ``diverged``)."""
+        return self.diverged_at_step is not None or self.outcome == DIVERGED
 
     @property
     def final_mse(self) -> float:
-        """What the job returns to a sweeper: inf, never NaN, for a diverged run."""
+        """What the job returns to a sweeper: inf, never NaN, for a diverged run (a slow
+        explosion too: its finite last mse is not a result to optimise)."""
         return math.inf if self.diverged else self.epochs["mse"][-1]
 
 
@@ -421,6 +427,15 @@ def train_configs(cfgs: Sequence[DictConfig], on_epoch: EpochHook | None = None)
         h.ols_w_error, h.ols_b_error = ols_w, ols_b
         h.ols_mse, h.ols_val_mse = ols_mse, ols_val
         h.data_mb = source.held_bytes / 1e6
+        # from the history as logged (thinned by train.log_every_epochs), so a store's
+        # back-fill, classifying the same curve, reaches the same outcome
+        h.outcome, h.outcome_reason = classify(
+            h.epochs["train_loss"],
+            h.diverged_at_step,
+            h.update_error,
+            floor_tolerance_of(cfgs[k]),
+            float(cfgs[k].train.divergence_ratio),
+        )
     return hists
 
 

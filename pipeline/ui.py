@@ -15,7 +15,9 @@ import subprocess
 import sys
 from types import FrameType
 
-from pipeline.queries import latest_sweep
+from mlflow.entities import Run
+
+from pipeline.queries import children, latest_sweep
 from pipeline.server import (
     TrackingUnreachable,
     check_tracking_reachable,
@@ -27,15 +29,37 @@ from pipeline.tracking import StoreError, ensure_experiment, get_client, trackin
 from pipeline.views import runs_view_url, save_runs_view
 
 
-def latest_sweep_url(uri: str, base: str) -> str | None:
-    """The training runs view of the newest sweep (its view saved now, for sweeps that
-    predate it); the experiment is tagged as a training experiment on the way."""
+def sweep_urls(uri: str, base: str, parent: Run) -> tuple[str, str]:
+    """A sweep's two views, saved now (for sweeps that predate them, and so that the grouped
+    view knows the sweep's cells and opens them collapsed): its runs, and its runs grouped
+    by cell with the seeds' mean."""
+    exp_id = parent.info.experiment_id
+    cells = {c.data.tags["cell"] for c in children(uri, parent) if "cell" in c.data.tags}
+    save_runs_view(get_client(uri), exp_id, parent.info.run_id, cells)
+    run_id = parent.info.run_id
+    return runs_view_url(base, exp_id, run_id), runs_view_url(base, exp_id, run_id, grouped=True)
+
+
+def latest_sweep_url(uri: str, base: str, grouped: bool = False) -> str | None:
+    """The training runs view of the newest sweep (``grouped``: by cell); the experiment is
+    tagged as a training experiment on the way."""
     parent = latest_sweep(uri)
     if parent is None:
         return None
-    exp_id = ensure_experiment(uri, "linreg")
-    save_runs_view(get_client(uri), exp_id, parent.info.run_id)
-    return runs_view_url(base, exp_id, parent.info.run_id)
+    ensure_experiment(uri, "linreg")
+    return sweep_urls(uri, base, parent)[grouped]
+
+
+def print_sweep_urls(uri: str, base: str) -> None:
+    """The latest sweep's runs, and the same runs grouped by cell (mean over its seeds)."""
+    parent = latest_sweep(uri)
+    if parent is None:
+        print("no sweep yet: run `make sweep`", flush=True)
+        return
+    ensure_experiment(uri, "linreg")
+    runs, cells = sweep_urls(uri, base, parent)
+    print(f"latest sweep: {runs}")
+    print(f"by cell (seeds averaged): {cells}", flush=True)
 
 
 def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -54,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"MLflow UI: {uri}  (the tracking server)")
-        latest = latest_sweep_url(uri, uri)
-        print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`")
+        print_sweep_urls(uri, uri)
         return 0
     if port_in_use(args.port):
         print(f"error: port {args.port} on 127.0.0.1 is in use: make ui PORT=...", file=sys.stderr)
@@ -63,11 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {base}  (store: {uri})")
     try:
-        latest = latest_sweep_url(uri, base)
+        print_sweep_urls(uri, base)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"latest sweep: {latest}" if latest else "no sweep yet: run `make sweep`", flush=True)
     cmd = [
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
         *("--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"),

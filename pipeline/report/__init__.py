@@ -21,10 +21,12 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline import queries
 from pipeline.config import register_configs
 from pipeline.digest import first_sentence, print_findings
+from pipeline.outcome import OUTCOMES
 from pipeline.report.data import MissingRuns, Section, SweepData
 from pipeline.report.render import to_html, to_markdown
 from pipeline.report.sections import (
@@ -86,6 +88,19 @@ def find_parent(uri: str, sweep: str) -> queries.Run:
     return parent
 
 
+def outcome_table(data: SweepData, s: Section) -> pd.DataFrame | None:
+    """The section's runs (its evidence, ``run_ids``) counted by outcome, one row; runs
+    from outside the sweep (``SweepData.beyond``) are not in it."""
+    if data.df.empty or not s.run_ids:
+        return None
+    used = data.df[data.df["run_id"].isin(s.run_ids)]
+    if used.empty:
+        return None
+    counts = used["outcome"].value_counts()
+    s.outcomes = {o: int(counts.get(o, 0)) for o in OUTCOMES}
+    return pd.DataFrame([{"runs": len(used), **s.outcomes}])
+
+
 def build_sections(data: SweepData, folder: Path) -> list[Section]:
     sections = []
     for module in SECTIONS:
@@ -95,8 +110,16 @@ def build_sections(data: SweepData, folder: Path) -> list[Section]:
             build(data, s, folder)
         except MissingRuns:
             s.missing = True
+        if not s.missing and (table := outcome_table(data, s)) is not None:
+            s.tables.append((OUTCOME_CAPTION, table))
         sections.append(s)
     return sections
+
+
+OUTCOME_CAPTION = (
+    "The section's runs by outcome (tag `outcome`, decided when training ended): means are "
+    "over converged runs unless the section says otherwise"
+)
 
 
 def answers_of(sections: list[Section]) -> dict[str, Any]:
@@ -116,6 +139,7 @@ def answers_of(sections: list[Section]) -> dict[str, Any]:
 
     out: dict[str, Any] = {s.key: clean(s.answers) for s in sections if not s.missing}
     out["runs"] = {s.key: s.run_ids for s in sections if not s.missing}
+    out["outcomes"] = {s.key: s.outcomes for s in sections if not s.missing and s.outcomes}
     # each answer's first sentence, in the report's words: what a finished sweep prints
     out["digest"] = [
         {"key": s.key, "title": s.title, "answer": first_sentence(s.answer)}

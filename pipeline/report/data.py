@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mlflow.entities import Run  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipeline import queries  # noqa: E402
+from pipeline.outcome import DIVERGED, classify, floor_tolerance_of  # noqa: E402
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Section:
     numbers: dict[str, float] = field(default_factory=dict)  # the figures quoted in the answer
     answers: dict[str, Any] = field(default_factory=dict)  # its part of answers.json
     run_ids: list[str] = field(default_factory=list)  # the child runs it used
+    outcomes: dict[str, int] = field(default_factory=dict)  # those runs by outcome
     missing: bool = False
 
     def use(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +121,7 @@ class SweepData:
         if runs.empty:
             self.df = runs
             return
-        df = runs.drop_duplicates("tags.config_hash")
+        df = backfill_outcomes(uri, runs.drop_duplicates("tags.config_hash"))
         for name, value in _LOGGED_BEFORE.items():
             col = _COLUMNS[name][0]
             df = df.assign(**{col: df[col].fillna(value) if col in df else value})
@@ -136,7 +139,13 @@ class SweepData:
             data=np.where(
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
-            diverged=df.get("tags.diverged") == "true",
+            # how each run ended, decided once by training (pipeline.outcome); `status` is
+            # the name the sections have always read it under
+            outcome=df["tags.outcome"],
+            status=df["tags.outcome"],
+            outcome_reason=df["tags.outcome_reason"],
+            cell=df["tags.cell"],
+            diverged=df["tags.outcome"] == DIVERGED,
             update_error=df.get("tags.update_error"),
             **{key: df.get(f"metrics.{name}") for key, name in _METRICS.items()},
             updates=df["metrics.updates"].astype(int),
@@ -185,6 +194,57 @@ class SweepData:
 
     def config(self, run_id: str) -> DictConfig:
         return queries.load_run_config(self.uri, run_id)
+
+
+def backfill_outcomes(uri: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Runs logged before outcomes existed (no ``outcome`` tag) classified from their logged
+    curves by training's own function (:func:`pipeline.outcome.classify`), and tagged once in
+    the store (``outcome``, ``outcome_reason``, ``diverged`` made consistent, ``cell`` when
+    missing): the next report reads the tags. The frame comes back with the tags filled."""
+    from pipeline.identity import cell_name
+    from pipeline.tracking import outcome_tags, tag_outcomes
+
+    missing = df.index if "tags.outcome" not in df else df.index[df["tags.outcome"].isna()]
+    if "tags.cell" not in df:
+        df = df.assign(**{"tags.cell": None})
+    if len(missing) == 0:
+        return df
+    # once per store: about 0.1 s a run (its config artifact, its train_loss curve, one write)
+    print(
+        f"report: classifying {len(missing)} runs logged before outcomes existed (once)",
+        file=sys.stderr,
+        flush=True,
+    )
+    df = df.copy()
+    if "tags.outcome" not in df:
+        df["tags.outcome"] = None
+        df["tags.outcome_reason"] = None
+    writes: dict[str, dict[str, str]] = {}
+    for i in missing:
+        row = df.loc[i]
+        run_id = str(row["run_id"])
+        cfg = queries.load_run_config(uri, run_id)
+        losses = [v for _, v in queries.metric_history(uri, run_id, "train_loss")]
+        at = row.get("metrics.diverged_at_step")
+        at_step = None if at is None or pd.isna(at) else int(at)
+        if at_step is None and row.get("tags.diverged") == "true":  # no metric: its last update
+            at_step = int(row.get("metrics.updates", 0) or 0)
+        error = row.get("tags.update_error")
+        outcome, reason = classify(
+            losses,
+            at_step,
+            None if error is None or pd.isna(error) else str(error),
+            floor_tolerance_of(cfg),
+            float(cfg.train.divergence_ratio),
+        )
+        tags = outcome_tags(outcome, reason)
+        if pd.isna(row.get("tags.cell")):
+            tags["cell"] = cell_name(cfg)
+        writes[run_id] = tags
+        for key, value in tags.items():
+            df.at[i, f"tags.{key}"] = value
+    tag_outcomes(uri, writes)
+    return df
 
 
 class MissingRuns(Exception):

@@ -185,6 +185,70 @@ def test_sweep_url_opens_training_runs_with_compare_and_search(ui: UI) -> None:
             browser.close()
 
 
+def test_cells_url_shows_one_row_per_cell_with_the_seeds_mean(ui: UI) -> None:
+    """`make ui`'s second URL: a sweep's runs grouped by the `cell` tag, one collapsed row per
+    cell whose metrics are the mean over its seeds. The fixture's sweep has one seed per
+    cell, so this test trains three seeds of two cells in an experiment of its own (the other
+    tests see only theirs) and opens that sweep's grouped view the way `make ui` builds it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline.ui import sweep_urls
+
+    expect.set_options(timeout=60_000)
+    printed = (ui.shots / "ui.log").read_text()
+    assert any(
+        ln.startswith("by cell (seeds averaged): ")
+        and ln.endswith("-cells&workflowType=machine_learning")
+        for ln in printed.splitlines()
+    ), printed
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ui.uri, "LINREG_OUTPUTS": str(ui.shots / "hydra")}
+    sweep = ["-m", "loss=mse,huber", "optim.lr=0.1", "seed=0,1,2", "tracking.experiment=cells"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *sweep],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = mlflow.MlflowClient(ui.uri)
+    exp = client.get_experiment_by_name("cells")
+    assert exp is not None
+    (parent,) = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    cells: dict[str, list[float]] = {}
+    for c in children:
+        cells.setdefault(c.data.tags["cell"], []).append(c.data.metrics["mse"])
+    assert len(cells) == 2 and all(len(v) == 3 for v in cells.values())
+    _, url = sweep_urls(ui.uri, f"http://127.0.0.1:{ui.port}", parent)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 2400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            rows = page.locator(".ag-pinned-left-cols-container .ag-row")
+            expect(rows).to_have_count(len(cells))  # collapsed: the groups, no run rows
+            expect(page.get_by_text("Group by: cell")).to_be_visible()
+            page.screenshot(path=ui.shots / "cells.png")
+            values = page.locator(".ag-center-cols-container .ag-row").all_inner_texts()
+            for name, text in zip(rows.all_inner_texts(), values, strict=True):
+                cell = next(ln for ln in name.splitlines() if ln.startswith("Group: "))[7:]
+                assert str(len(cells[cell])) in name.splitlines()  # its run count
+                means = [
+                    float(v.removesuffix(" (average)"))
+                    for v in text.splitlines()
+                    if v.endswith(" (average)")
+                ]
+                expected = sum(cells[cell]) / len(cells[cell])
+                assert any(m == pytest.approx(expected, rel=1e-9) for m in means), (means, expected)
+        finally:
+            browser.close()
+
+
 def test_sigterm_stops_the_whole_ui_tree(ui: UI) -> None:
     (server,) = children_of(ui.proc.pid)  # `mlflow ui`, in its own process group
     tree = [int(p) for p in os.listdir("/proc") if p.isdigit() and pid_group(int(p)) == server]

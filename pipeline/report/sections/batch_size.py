@@ -192,7 +192,9 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         # the rule: non-increasing in B (a rise inside the seeds' spread is no rise) until OLS
         means = eq_u.set_index("B")
         monotone = True
-        groups = {int(b): g["w_error"] for b, g in updates.groupby("B")}
+        groups = {  # the converged seeds, as in the table
+            int(b): g.loc[g["status"] == "converged", "w_error"] for b, g in updates.groupby("B")
+        }
         bs = sorted(groups)
         for b1, b2 in zip(bs, bs[1:], strict=False):
             # a rise counts only when Welch's test on log w_error sees it

@@ -103,7 +103,8 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             f"float32, σ = {sigma:g}, n = {n}, lr 0.03, B = 10, 3 epochs, trained by the book's "
             "code paths (3.2: raw tensors, ½-squared loss, its sgd dividing the summed batch "
             "loss by B; 3.3: nn.Linear, nn.MSELoss, torch.optim.SGD). The full-data training "
-            "loss each epoch, as d2l prints it. Book: d2l's printout (one unseeded run); "
+            "loss each epoch, as d2l prints it, whether or not the run has settled by epoch 3 "
+            "(the book's runs stop there too). Book: d2l's printout (one unseeded run); "
             "seed notes: the notes' own runs. A printed value is inside when it falls in the "
             f"{LEVEL:.0%} prediction interval of one more seed (log scale, Student t over our "
             "seeds).",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import stats, theory
+from pipeline.outcome import OUTCOMES
 from pipeline.report.data import SweepData
 
 # The d2l chapter's setting (what `python -m pipeline` trains), less the key a section varies:
@@ -89,38 +89,18 @@ def spread(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-@functools.cache
-def _history(d: SweepData, run_id: str, key: str) -> tuple[float, ...]:
-    return tuple(d.history(run_id, key))
-
-
-def floor_tolerance(row: Any) -> float | None:
-    """3 × the expected excess loss at SGD's noise floor (constant lr, MSE/½-squared): the
-    epoch loss of a run at its floor moves by about that much, so it cannot settle further."""
-    if row.schedule != "constant" or row.loss not in ("mse", "squared"):
-        return None
-    reduction = "mean" if row.reduction == "nominal" else row.reduction  # equal on full batches
-    return 3 * theory.excess_loss_at_floor(
-        effective_lr(row), int(row.B), int(row.d), float(row.noise), int(row.n), row.loss, reduction
-    )
-
-
 def with_status(d: SweepData, rows: pd.DataFrame) -> pd.DataFrame:
-    """Adds `status`: diverged, failed (ends above its initial loss), unconverged or converged.
-    Convergence: the epoch loss changed by < 1e-3 relative over the last 10% of training, or by
-    less than the noise-floor tolerance (:func:`floor_tolerance`)."""
-    status = []
-    for row in rows.itertuples():
-        losses = _history(d, row.run_id, "train_loss")
-        if row.diverged:
-            status.append("diverged")
-        elif stats.failed(losses):
-            status.append("failed")
-        elif not stats.converged(losses, floor_tol=floor_tolerance(row)):
-            status.append("unconverged")
-        else:
-            status.append("converged")
-    return rows.assign(status=status)
+    """The rows with `status`: the run's outcome as training decided it (the ``outcome`` tag,
+    :mod:`pipeline.outcome`): converged, unconverged, diverged (stopped, or ending above its
+    initial loss) or update_error. Kept as a function so sections read as before."""
+    return rows.assign(status=rows["outcome"])
+
+
+def outcome_counts(rows: pd.DataFrame) -> str:
+    """'45 converged, 3 unconverged, 2 diverged': a group's runs by outcome (zeros left out)."""
+    counts = rows["outcome"].value_counts()
+    parts = [f"{int(counts[o])} {o}" for o in OUTCOMES if o in counts]
+    return ", ".join(parts) or "0 runs"
 
 
 def effective_lr(row: Any) -> float:

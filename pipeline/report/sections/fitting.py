@@ -189,7 +189,9 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     s.tables.append(
         (
             f"Full-batch gradient descent, lr {LR:g}, {UPDATES} updates, n = {N}, σ = {NOISE:g}; "
-            f"d features of which 2 carry signal. Mean ± sd over seeds. Early-stopped val: the "
+            f"d features of which 2 carry signal. Mean ± sd over the seeds that did not diverge, "
+            f"unconverged ones included: stopping short of least squares is one of the regimes "
+            f"this section compares (the 'converged' column counts them). Early-stopped val: the "
             f"lowest val_mse over the logged epochs (every epoch), chosen on the same held-out "
             f"set (optimistic: it can only be at or below the final value). Converged: the "
             f"report's rule on the training loss (or train MSE < {INTERPOLATED:g}σ²: "

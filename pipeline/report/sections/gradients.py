@@ -118,7 +118,10 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     s.tables.append(
         (
             f"Stationary gradient RMS, constant lr {LR}, MSE mean, {UPDATES} updates (equal "
-            "updates), against theory: c·√(fσ²(d or 1)/B + the iterate's own O(η) part)",
+            "updates), against theory: c·√(fσ²(d or 1)/B + the iterate's own O(η) part). "
+            "Every run that did not diverge counts, unconverged ones too: the gradient noise "
+            "is measured on the updates after the transient, whatever the loss's last epochs "
+            "did.",
             table,
         )
     )

@@ -72,8 +72,9 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     )
     # the rule: per fraction and δ, squared vs Huber by Welch's test on log w_error
     verdicts = {}
-    for (frac, est), g in rows[rows["loss"] == "huber"].groupby(["outliers", "estimator"]):
-        sq = rows[(rows["loss"] == "squared") & (rows["outliers"] == frac)]
+    done = rows[rows["status"] == "converged"]  # as in the table: converged runs only
+    for (frac, est), g in done[done["loss"] == "huber"].groupby(["outliers", "estimator"]):
+        sq = done[(done["loss"] == "squared") & (done["outliers"] == frac)]
         c = stats.compare(np.log(sq["w_error"]), np.log(g["w_error"]))
         verdicts[frac, est] = (c, float(sq["w_error"].mean() / g["w_error"].mean()))
     ratio = {f"{frac:g}/{est}": r for (frac, est), (_, r) in verdicts.items()}

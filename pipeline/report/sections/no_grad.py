@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline import stats
 from pipeline.report.data import Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, mean_sd, seeds_label
+from pipeline.report.sections.common import base, mean_sd, outcome_counts, seeds_label
 
 SPEC = (
     "no_grad",
@@ -108,7 +108,8 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         out_rows.append(
             {
                 "model.sgd": variant,
-                "outcome": f"raises: {errors[0]}" if raises else "trains",
+                "trains": f"raises: {errors[0]}" if raises else "yes",
+                "runs by outcome": outcome_counts(g),
                 "updates": entry["updates"],
                 "graph nodes (first → last 10%)": "–"
                 if raises
@@ -176,7 +177,10 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             "Forgetting `param.grad.zero_()` makes every gradient the sum of all earlier ones: "
             f"final w_error {z['w_error']['mean']:.3g} against {n['w_error']['mean']:.3g} "
             f"(×{ratio:.0f}; {z['w_error_vs_no_grad']} by Welch's t-test on log w_error, "
-            f"p = {z['p_value_vs_no_grad']:.1g})."
+            f"p = {z['p_value_vs_no_grad']:.1g}). Its runs are "
+            + outcome_counts(rows[rows["sgd"] == "no_zero_grad"])
+            + " (a loss that ends above where it started is diverged): their mean w_error is "
+            "shown anyway, because how far the mistake lands is the point."
             if n
             else ""
         )
@@ -184,5 +188,8 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         " ".join(p for p in parts if p)
         + f" Footing: the scratch model, lr 0.03, B = 10, one epoch, {len(rows)} runs over "
         "the same seeds; graph size and backward time are logged per update "
-        "(`graph_nodes`, `backward_ms`)."
+        "(`graph_nodes`, `backward_ms`). One epoch settles no run (d2l's own: "
+        + outcome_counts(rows[rows["sgd"] == "no_grad"])
+        + "): the variants are compared update for update on the same seeds, not at "
+        "convergence."
     )

@@ -230,7 +230,9 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             f"Final w_error (mean ± sd over seeds) after {T} updates at B = {B} (n = {n}, MSE "
             f"mean), per optimiser and lr; ● = the lr is in the optimiser's good window "
             f"(contiguous around the best, mean within {FACTOR:g}× of the best); a cell with a "
-            f"diverged seed has failed. 'sgd theory': √(‖e₀‖²ρ^(2T) + floor²), SGD's "
+            f"diverged seed has failed; unconverged seeds count: the question is the error "
+            f"each lr reaches in {T} updates, settled or not. 'sgd theory': "
+            f"√(‖e₀‖²ρ^(2T) + floor²), SGD's "
             f"mean-square transient plus its reshuffled noise floor (theory §2).",
             wide.reset_index(),
         )

@@ -46,7 +46,13 @@ def build(d: SweepData, s: Section, out: Path) -> None:
                 "seeds": seeds_label(g["seed"]),
             }
         )
-    s.tables.append(("Both d2l codes (scratch and nn.Linear), 3 epochs.", pd.DataFrame(table)))
+    s.tables.append(
+        (
+            "Both d2l codes (scratch and nn.Linear), 3 epochs; the median is over every run, a "
+            "diverged one as inf: the question is which variants stay stable.",
+            pd.DataFrame(table),
+        )
+    )
     hist = {
         (r.run_id, k): np.array(d.history(r.run_id, k)) for r in rows.itertuples() for k in CURVES
     }
