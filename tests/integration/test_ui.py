@@ -37,7 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 # huber at lr 0.03 is the one child with w_error < 1e-3 among two huber runs (10 epochs)
-SWEEP = ["-m", "loss=mse,huber", "optim.lr=0.03,0.1", "train.epochs=10"]
+# (the stacked launcher: the 4 jobs train as one computation, the numbers of the d2l code)
+SWEEP = ["-m", "hydra/launcher=stacked", "loss=mse,huber", "optim.lr=0.03,0.1", "train.epochs=10"]
 README_SEARCH = 'metrics.w_error < 1e-3 and params.loss = "huber"'
 COLUMNS = ["lr", "batch_size", "loss", "reduction", "model", "seed", "mse", "w_error", "diverged"]
 
@@ -202,7 +203,8 @@ def test_cells_url_shows_one_row_per_cell_with_the_seeds_mean(ui: UI) -> None:
         for ln in printed.splitlines()
     ), printed
     env = {**os.environ, "MLFLOW_TRACKING_URI": ui.uri, "LINREG_OUTPUTS": str(ui.shots / "hydra")}
-    sweep = ["-m", "loss=mse,huber", "optim.lr=0.1", "seed=0,1,2", "tracking.experiment=cells"]
+    sweep = ["-m", "hydra/launcher=stacked", "loss=mse,huber", "optim.lr=0.1", "seed=0,1,2"]
+    sweep.append("tracking.experiment=cells")
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", *sweep],
         env=env,
