@@ -16,9 +16,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
+from mlflow.entities import Run
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.server import free_port, group_alive, port_in_use, process_alive, stop_group
@@ -108,18 +110,24 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
             proc.wait()
 
 
+def sweep_runs(client: mlflow.MlflowClient, experiment: str) -> tuple[Any, Run, list[Run]]:
+    """The experiment, its one sweep's parent run and that sweep's children."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    (parent,) = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    return exp, parent, children
+
+
 def test_sweep_url_opens_training_runs_with_compare_and_search(ui: UI) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=60_000)  # a loaded CI machine renders slowly
 
     client = mlflow.MlflowClient(ui.uri)
-    exp = client.get_experiment_by_name("linreg")
-    assert exp is not None
-    (parent,) = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
-    children = client.search_runs(
-        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
+    exp, parent, children = sweep_runs(client, "linreg")
     names = sorted(c.info.run_name for c in children)
     matching = client.search_runs([exp.experiment_id], README_SEARCH)
     assert len(children) == 4 and 0 < len(matching) < len(children)
@@ -213,13 +221,7 @@ def test_cells_url_shows_one_row_per_cell_with_the_seeds_mean(ui: UI) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    client = mlflow.MlflowClient(ui.uri)
-    exp = client.get_experiment_by_name("cells")
-    assert exp is not None
-    (parent,) = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'true'")
-    children = client.search_runs(
-        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
+    _, parent, children = sweep_runs(mlflow.MlflowClient(ui.uri), "cells")
     cells: dict[str, list[float]] = {}
     for c in children:
         cells.setdefault(c.data.tags["cell"], []).append(c.data.metrics["mse"])
