@@ -66,7 +66,7 @@ def findings(uri: str, parent: Run, ui_port: int = 5000) -> list[str]:
     else:
         lines.append(
             f"runs: `make ui` serves the store at http://127.0.0.1:{ui_port} and prints this "
-            "sweep's runs view"
+            "sweep's views (every run, and by cell with the seeds averaged)"
         )
     try:
         answers = json.loads(queries.artifact_text(uri, run_id, "report/answers.json"))
