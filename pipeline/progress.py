@@ -51,6 +51,8 @@ def _read(path: Path) -> dict[str, int]:
 def record(sweep_dir: str | Path, context: SweepContext, outcomes: list[str]) -> None:
     """Add the outcomes (``finished``, ``diverged`` or ``failed``) of jobs that just ended."""
     path = counter_path(sweep_dir, context)
+    if not path.parent.is_dir():  # a job on another node of a cluster: the view cannot count it
+        return
     with file_lock(path.with_suffix(".lock")):
         counts = _read(path)
         for outcome in outcomes:

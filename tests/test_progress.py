@@ -18,6 +18,7 @@ OUTCOMES = ["finished", "finished", "diverged", "failed"]  # repeated over the j
 
 def run_view(tmp_path: Path, total: int, stream: io.TextIOBase | object) -> None:
     """``total`` jobs ending one at a time while the view shows them (as its thread would)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the sweep dir, as the sweeper makes it
     context = SweepContext("parent", total, time.time(), "")
     view = ProgressView(tmp_path, context, "demo", cached=7, stream=stream)  # type: ignore[arg-type]
     with view:
@@ -64,6 +65,14 @@ def test_on_a_terminal_one_bar_redraws_in_place(tmp_path: Path) -> None:
         f"finished {n['finished']}, diverged {n['diverged']}, failed {n['failed']}, cached 7"
         in last
     )
+
+
+def test_a_job_whose_sweep_dir_is_elsewhere_is_not_counted(tmp_path: Path) -> None:
+    """A Ray worker on another node runs the job callback where the sweep dir does not exist:
+    nothing is written there, and the job is not failed for it."""
+    context = SweepContext("parent", 1, time.time(), "")
+    record(tmp_path / "on-another-node", context, ["finished"])
+    assert not (tmp_path / "on-another-node").exists()
 
 
 def test_a_job_outcome_is_its_return() -> None:
