@@ -146,3 +146,30 @@ def test_readme_defaults_are_the_yaml_values() -> None:
             assert value == values[key], f"README says {key}={shown}, conf/ {values[key]}"
             checked += 1
     assert checked >= 15
+
+
+def test_the_defaults_comments_name_every_choice_of_each_group() -> None:
+    """conf/config.yaml's comment beside each group (with its continuation lines) names
+    exactly the options that exist: one file per option in conf/<group>/."""
+    import re
+
+    from pipeline.config import PROJECT_ROOT
+
+    conf = PROJECT_ROOT / "conf"
+    lines = (conf / "config.yaml").read_text().splitlines()
+    comments: dict[str, str] = {}
+    group = None
+    for line in lines:
+        entry = re.match(r"\s*- (\w+): \S+\s*#(.*)", line)
+        if entry and (conf / entry[1]).is_dir():
+            group, comments[entry[1]] = entry[1], entry[2]
+        elif group and re.match(r"\s+# \|", line):  # a continuation of the group's list
+            comments[group] += line.split("#", 1)[1]
+        else:
+            group = None
+    groups = {p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra"}
+    assert set(comments) == groups
+    for name, text in comments.items():
+        named = {part.split()[0] for part in text.split("|")}
+        files = {f.stem for f in (conf / name).glob("*.yaml")}
+        assert named == files, (name, named ^ files)
