@@ -46,8 +46,9 @@ from pipeline.bench_ray import Measured, measure_sweep, run_measured
 from pipeline.config import PROJECT_ROOT, register_configs
 from pipeline.identity import flatten, to_container
 from pipeline.seeds_loops import seeds_train
+from pipeline.store import get_client
 from pipeline.sweep import expand
-from pipeline.tracking import RunLogger, get_client, history_metrics, run_tags
+from pipeline.tracking import RunLogger, history_metrics, run_tags
 from pipeline.train import History, group_by_schedule, resolve_engine, train, train_one
 from pipeline.views import view_metrics, view_params
 

@@ -56,12 +56,11 @@ def run_job(source: str, n: int, code: str, store: Path) -> dict[str, float | st
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{(store / 'out.txt').read_text()[-2000:]}")
-    import mlflow
+    from pipeline import queries  # the one read layer (MLflow loads only now)
 
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("linreg")
+    experiment = queries.experiment_id(uri, "linreg")
     assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = queries.search_all(uri, experiment)
     m = run.data.metrics
     return {
         "source": source,

@@ -1,7 +1,7 @@
 """Reading runs back: the one query module of report, rerun, ui, sweep and bench.
 
 Everything takes the tracking URI and goes through the tracking layer's client
-(:func:`pipeline.tracking.get_client`): no global tracking URI, no second client.
+(:func:`pipeline.store.get_client`): no global tracking URI, no second client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config
-from pipeline.tracking import get_client
+from pipeline.store import get_client
 
 
 def search_all(uri: str, experiment_id: str, filter_string: str = "", **kwargs: Any) -> list[Run]:

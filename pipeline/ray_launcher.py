@@ -93,9 +93,10 @@ class RayInitCallback(Callback):
 def finished_children(cfgs: list[DictConfig], context: SweepContext | None) -> dict[str, float]:
     """config_hash -> final mse of the configs of ``cfgs`` that already have a FINISHED run
     under the sweep's parent: what an earlier attempt of the same task logged."""
+    from pipeline.context import tracking_uri
     from pipeline.identity import config_hash
     from pipeline.queries import search_all
-    from pipeline.tracking import ensure_experiment, tracking_uri
+    from pipeline.store import ensure_experiment
 
     if context is None:
         return {}

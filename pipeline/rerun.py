@@ -18,16 +18,11 @@ from omegaconf import DictConfig, open_dict
 
 from pipeline import queries
 from pipeline.config import register_configs
+from pipeline.context import StoreError, tracking_uri
 from pipeline.identity import config_hash
 from pipeline.job import prepare, run_group, run_job
 from pipeline.steps import TIMED_PROBES
-from pipeline.tracking import (
-    MACHINE_METRICS,
-    VERSION_TAGS,
-    StoreError,
-    tracking_uri,
-    version_tags,
-)
+from pipeline.tracking import MACHINE_METRICS, VERSION_TAGS, version_tags
 
 
 class RerunError(Exception):

@@ -13,7 +13,7 @@ import io
 import pandas as pd
 
 from pipeline import queries
-from pipeline.tracking import StoreError, tracking_uri
+from pipeline.context import StoreError, tracking_uri
 
 
 def run_table(uri: str, sweep: str = "latest") -> pd.DataFrame:

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
-from pipeline.tracking import get_client
+from pipeline.store import get_client
 from pipeline.views import SHARED_VIEW_PREFIX, save_runs_view
 
 IMPORTED_FROM = "imported_from"

@@ -310,7 +310,8 @@ class GridsSweeperImpl(Sweeper):
         Returns one list of JobReturns per batch, as Hydra's basic sweeper does. SIGTERM or
         Ctrl-C close the parent run KILLED (the launchers close their open runs)."""
         from pipeline import queries
-        from pipeline.tracking import ensure_experiment, sweep_lock
+        from pipeline.store import ensure_experiment
+        from pipeline.tracking import sweep_lock
 
         assert self.config is not None and self.launcher is not None
         t0 = time.time()
@@ -592,7 +593,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Parallel workers that all find a fresh SQLite file would all run MLflow's schema
         # migration at once and can corrupt it: create store and experiment here, first.
-        from pipeline.tracking import ensure_experiment, mark_stale_runs
+        from pipeline.store import ensure_experiment
+        from pipeline.tracking import mark_stale_runs
 
         uri = tracking_uri(config)
         fail_fast_if_unreachable(uri)

@@ -17,6 +17,7 @@ from types import FrameType
 
 from mlflow.entities import Run
 
+from pipeline.context import StoreError, tracking_uri
 from pipeline.queries import children, latest_sweep
 from pipeline.server import (
     TrackingUnreachable,
@@ -25,7 +26,7 @@ from pipeline.server import (
     port_in_use,
     stop_group,
 )
-from pipeline.tracking import StoreError, ensure_experiment, get_client, tracking_uri
+from pipeline.store import ensure_experiment, get_client
 from pipeline.views import runs_view_url, save_runs_view
 
 

@@ -34,7 +34,7 @@ register_configs()
 def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, fully migrated MLflow SQLite store, made as the pipeline makes a new store
     (a copy of its cached template: the migration runs once per MLflow version)."""
-    from pipeline.tracking import get_client
+    from pipeline.store import get_client
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
     get_client(f"sqlite:///{db}")

@@ -25,6 +25,7 @@ import pandas as pd
 
 from pipeline import queries
 from pipeline.config import register_configs
+from pipeline.context import StoreError, tracking_uri
 from pipeline.digest import first_sentence, print_findings
 from pipeline.outcome import OUTCOMES
 from pipeline.report.data import MissingRuns, Section, SweepData
@@ -47,7 +48,7 @@ from pipeline.report.sections import (
     reduction,
     streaming,
 )
-from pipeline.tracking import StoreError, get_client, tracking_uri
+from pipeline.store import get_client
 
 # in the order the report shows them; each module has SPEC (key, title, question, preset) and
 # build(data, section, out_dir)
