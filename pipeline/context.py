@@ -26,6 +26,11 @@ def tracking_uri(cfg: DictConfig | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (``make server``, or any MLflow server), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store live beside the database file, whatever the cwd."""
     if uri.startswith("sqlite:///"):

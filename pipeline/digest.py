@@ -12,13 +12,11 @@ from urllib.parse import unquote, urlsplit
 from mlflow.entities import Run
 
 from pipeline import queries
+from pipeline.context import is_server
 from pipeline.views import runs_view_url
 
 REPORT = "report/report.html"
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
+ANSWERS = "report/answers.json"
 
 
 def report_location(uri: str, parent: Run) -> str:
@@ -68,11 +66,9 @@ def findings(uri: str, parent: Run, ui_port: int = 5000) -> list[str]:
             f"runs: `make ui` serves the store at http://127.0.0.1:{ui_port} and prints this "
             "sweep's views (every run, and by cell with the seeds averaged)"
         )
-    try:
-        answers = json.loads(queries.artifact_text(uri, run_id, "report/answers.json"))
-    except Exception:  # MLflow's error for a report not built yet, or unreadable JSON
-        return lines
-    digest = digest_lines(answers)
+    if ANSWERS not in queries.artifact_names(uri, run_id, "report"):
+        return lines  # no report built yet
+    digest = digest_lines(json.loads(queries.artifact_text(uri, run_id, ANSWERS)))
     if digest:
         lines += ["what it found (report/answers.json):", *digest]
     return lines

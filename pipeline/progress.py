@@ -10,6 +10,7 @@ jobs, so no sweep prints more than about 20. Light at import: tqdm loads when a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -88,7 +89,7 @@ class ProgressView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar: Any = None
-        self._logging: Any = None
+        self._open = contextlib.ExitStack()  # the bar and the log redirection, on a terminal
         self._shown = 0  # jobs done at the last line (no terminal)
 
     def __enter__(self) -> ProgressView:
@@ -99,22 +100,23 @@ class ProgressView:
             # a terminal that reports no size (`script`, some CI consoles) would make tqdm
             # draw nothing: then the usual fallback, 80 x 24
             sized = min(terminal_size(self.stream)) > 0
-            self._bar = tqdm(
-                total=self.context.total,
-                desc=self.name,
-                unit="job",
-                file=self.stream,
-                dynamic_ncols=sized,
-                ncols=None if sized else 80,
-                nrows=None if sized else 24,
-                smoothing=0,  # ETA from the mean rate since the start: jobs vary in length
-                mininterval=0,
-                # tqdm's default without the rate: room for the counts on 80 columns
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+            self._bar = self._open.enter_context(
+                tqdm(
+                    total=self.context.total,
+                    desc=self.name,
+                    unit="job",
+                    file=self.stream,
+                    dynamic_ncols=sized,
+                    ncols=None if sized else 80,
+                    nrows=None if sized else 24,
+                    smoothing=0,  # ETA from the mean rate since the start: jobs vary in length
+                    mininterval=0,
+                    # tqdm's default without the rate: room for the counts on 80 columns
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+                )
             )
             # log lines (Hydra's, the launchers') print above the bar instead of through it
-            self._logging = logging_redirect_tqdm(tqdm_class=tqdm)
-            self._logging.__enter__()
+            self._open.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
             self._bar.start_t = self.context.started  # the sweep's clock, not this object's
         self._thread = threading.Thread(target=self._poll, name="sweep-progress", daemon=True)
         self._thread.start()
@@ -130,9 +132,7 @@ class ProgressView:
         if self._thread is not None:
             self._thread.join()
         self.show(final=True)
-        if self._bar is not None:
-            self._bar.close()
-            self._logging.__exit__(None, None, None)
+        self._open.close()  # the log redirection, then the bar (left on its line)
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):

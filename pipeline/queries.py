@@ -110,6 +110,25 @@ def latest_sweep(uri: str, experiment: str = "linreg") -> Run | None:
     return runs[0] if runs else None
 
 
+class SweepNotFound(LookupError):
+    """No such sweep in the store; the message is one line."""
+
+
+def find_sweep(uri: str, sweep: str = "latest") -> Run:
+    """A sweep's parent run: the newest one for ``"latest"``, else the run of that id, which
+    must be a sweep's parent. :class:`SweepNotFound` (one line) otherwise."""
+    parent = latest_sweep(uri) if sweep == "latest" else get_run(uri, sweep)
+    if parent is None:
+        raise SweepNotFound(
+            "no sweep in the store yet: run `make sweep` first"
+            if sweep == "latest"
+            else f"no run {sweep!r} in {uri}"
+        )
+    if parent.data.tags.get("sweep_parent") != "true":
+        raise SweepNotFound(f"run {sweep} is not a sweep's parent run")
+    return parent
+
+
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric, by step."""
     return sorted((m.step, m.value) for m in get_client(uri).get_metric_history(run_id, key))

@@ -136,14 +136,10 @@ def rerun(uri: str, run_id: str) -> tuple[Run, pd.DataFrame]:
 
 def sweep_children(uri: str, parent_id: str) -> list[Run]:
     """The children of a sweep's parent run ("latest": the newest sweep)."""
-    if parent_id == "latest":
-        latest = queries.latest_sweep(uri)
-        if latest is None:
-            raise RerunError("no sweep in the store yet: run `make sweep` first")
-        parent_id = latest.info.run_id
-    parent = get_run(uri, parent_id)
-    if parent.data.tags.get("sweep_parent") != "true":
-        raise RerunError(f"run {parent_id} is not a sweep's parent run")
+    try:
+        parent = queries.find_sweep(uri, parent_id)
+    except queries.SweepNotFound as exc:
+        raise RerunError(str(exc)) from None
     return queries.children(uri, parent)
 
 

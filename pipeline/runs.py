@@ -18,13 +18,7 @@ from pipeline.context import StoreError, tracking_uri
 
 def run_table(uri: str, sweep: str = "latest") -> pd.DataFrame:
     """The sweep's summary table; LookupError (one line) when there is no such sweep."""
-    parent = queries.latest_sweep(uri) if sweep == "latest" else queries.get_run(uri, sweep)
-    if parent is None or parent.data.tags.get("sweep_parent") != "true":
-        raise LookupError(
-            "no sweep in the store yet: run `make sweep` first"
-            if sweep == "latest"
-            else f"no sweep parent run {sweep!r} in {uri}"
-        )
+    parent = queries.find_sweep(uri, sweep)
     if "summary.csv" not in queries.artifact_names(uri, parent.info.run_id):
         raise LookupError(f"sweep {parent.info.run_id} has no run table (it did not finish)")
     text = queries.artifact_text(uri, parent.info.run_id, "summary.csv")

@@ -21,6 +21,7 @@ import mlflow
 from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from pipeline.context import is_server
 from pipeline.server import TrackingUnreachable, check_tracking_reachable
 from pipeline.store import get_client
 from pipeline.views import SHARED_VIEW_PREFIX, save_runs_view
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="src", required=True, help="source tracking URI")
     parser.add_argument("--to", dest="dst", required=True, help="the server's URI")
     args = parser.parse_args(argv)
-    if not args.dst.startswith(("http://", "https://")):
+    if not is_server(args.dst):
         print(f"error: --to {args.dst}: expected the server's http URI", file=sys.stderr)
         return 2
     try:

@@ -17,7 +17,7 @@ from types import FrameType
 
 from mlflow.entities import Run
 
-from pipeline.context import StoreError, tracking_uri
+from pipeline.context import StoreError, is_server, tracking_uri
 from pipeline.queries import children, latest_sweep
 from pipeline.server import (
     TrackingUnreachable,
@@ -41,26 +41,24 @@ def sweep_urls(uri: str, base: str, parent: Run) -> tuple[str, str]:
     return runs_view_url(base, exp_id, run_id), runs_view_url(base, exp_id, run_id, grouped=True)
 
 
-def latest_sweep_url(uri: str, base: str, grouped: bool = False) -> str | None:
-    """The training runs view of the newest sweep (``grouped``: by cell); the experiment is
-    tagged as a training experiment on the way."""
+def latest_sweep_urls(uri: str, base: str) -> tuple[str, str] | None:
+    """The newest sweep's two views (:func:`sweep_urls`), None without a sweep; the
+    experiment is tagged as a training experiment on the way."""
     parent = latest_sweep(uri)
     if parent is None:
         return None
     ensure_experiment(uri, "linreg")
-    return sweep_urls(uri, base, parent)[grouped]
+    return sweep_urls(uri, base, parent)
 
 
 def print_sweep_urls(uri: str, base: str) -> None:
     """The latest sweep's runs, and the same runs grouped by cell (mean over its seeds)."""
-    parent = latest_sweep(uri)
-    if parent is None:
+    urls = latest_sweep_urls(uri, base)
+    if urls is None:
         print("no sweep yet: run `make sweep`", flush=True)
         return
-    ensure_experiment(uri, "linreg")
-    runs, cells = sweep_urls(uri, base, parent)
-    print(f"latest sweep: {runs}")
-    print(f"by cell (seeds averaged): {cells}", flush=True)
+    print(f"latest sweep: {urls[0]}")
+    print(f"by cell (seeds averaged): {urls[1]}", flush=True)
 
 
 def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         try:
             check_tracking_reachable(uri)
         except TrackingUnreachable as exc:

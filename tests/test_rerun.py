@@ -17,7 +17,7 @@ from pipeline import rerun as rerun_module
 from pipeline.config import PROJECT_ROOT
 from pipeline.job import run_job
 from pipeline.tracking import VERSION_TAGS, git_state
-from pipeline.ui import latest_sweep_url
+from pipeline.ui import latest_sweep_urls
 from pipeline.views import runs_view_url
 from tests.conftest import compose_cfg
 from tests.test_sweep import run_app
@@ -169,8 +169,10 @@ def test_default_launcher_sweep_then_rerun_is_all_identical(
     children = only(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     engines = {r.data.tags["engine"] for r in children}
     assert engines == {"stacked"}
-    assert latest_sweep_url(client.tracking_uri, "http://h") == runs_view_url(
-        "http://h", parent.info.experiment_id, parent.info.run_id
+    exp_id, run_id = parent.info.experiment_id, parent.info.run_id
+    assert latest_sweep_urls(client.tracking_uri, "http://h") == (
+        runs_view_url("http://h", exp_id, run_id),
+        runs_view_url("http://h", exp_id, run_id, grouped=True),
     )
     capsys.readouterr()
     assert rerun_module.main(["--sweep", "latest"]) == 0

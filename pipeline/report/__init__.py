@@ -77,16 +77,10 @@ class ReportError(Exception):
 
 
 def find_parent(uri: str, sweep: str) -> queries.Run:
-    parent = queries.latest_sweep(uri) if sweep == "latest" else queries.get_run(uri, sweep)
-    if parent is None:
-        raise ReportError(
-            "no sweep in the store yet: run `make sweep` first"
-            if sweep == "latest"
-            else f"no run {sweep!r} in {uri}"
-        )
-    if parent.data.tags.get("sweep_parent") != "true":
-        raise ReportError(f"run {sweep} is not a sweep's parent run")
-    return parent
+    try:
+        return queries.find_sweep(uri, sweep)
+    except queries.SweepNotFound as exc:
+        raise ReportError(str(exc)) from None
 
 
 def outcome_table(data: SweepData, s: Section) -> pd.DataFrame | None:
@@ -181,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uri = tracking_uri()
     try:
-        markdown, _ = build_report(args.sweep, args.out, uri=uri)
-        parent = find_parent(uri, args.sweep)
+        parent = find_parent(uri, args.sweep)  # "latest" settled once, before any work
+        markdown, _ = build_report(parent.info.run_id, args.out, uri=uri)
     except (ReportError, StoreError) as exc:
         print(f"error: {exc}")
         return 2

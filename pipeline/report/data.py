@@ -139,8 +139,9 @@ class SweepData:
             data=np.where(
                 df["params.data.outliers.fraction"].astype(float) > 0, "outliers", "clean"
             ),
-            # how each run ended, decided once by training (pipeline.outcome); `status` is
-            # the name the sections have always read it under
+            # how each run ended, decided once by training (pipeline.outcome); `status` starts
+            # as the same and is what a section counts as converged (the fitting section also
+            # counts interpolating runs converged), `outcome` stays the tag
             outcome=df["tags.outcome"],
             status=df["tags.outcome"],
             outcome_reason=df["tags.outcome_reason"],

@@ -19,7 +19,6 @@ from pipeline.report.sections.common import (
     mean_sd,
     seeds_label,
     spread,
-    with_status,
 )
 
 SPEC = ("batch_size", "Batch size", "Does batch size change the final model?", "batch_size")
@@ -80,7 +79,6 @@ def noise_floor_cells(d: SweepData) -> pd.DataFrame:
         zero_features=0,  # ... and assumes few features against n
     )
     rows = rows[rows["reduction"].isin(["mean", "sum"]) & (rows["init"] == "normal")]
-    rows = with_status(d, rows)
     out = []
     keys = ["loss", "reduction", "lr", "lr_scaling", "ref_B", "B", "n", "epochs", "min_updates"]
     for _, g in rows.groupby(keys):
@@ -125,7 +123,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     s.answers = {}
     text = []
     if not epochs.empty:
-        epochs = s.use(with_status(d, epochs))
+        epochs = s.use(epochs)
         eq_e = spread(epochs.assign(rule=epochs["lr_scaling"].map(RULES)), ["rule", "B"], "w_error")
         eq_e.insert(
             2, "updates", [int(epochs.loc[epochs["B"] == b, "updates"].iloc[0]) for b in eq_e["B"]]
@@ -155,7 +153,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
             f"{int(by_b[most]['updates'].iloc[0])}: not an equal footing."
         )
     if not updates.empty:
-        updates = s.use(with_status(d, updates))
+        updates = s.use(updates)
 
     floor_rows = pd.DataFrame()
     if not updates.empty and updates["B"].nunique() > 1:

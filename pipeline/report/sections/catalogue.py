@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline import catalogue, stats, theory
 from pipeline.report.data import MissingRuns, Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, mean_sd, seeds_label, with_status
+from pipeline.report.sections.common import base, mean_sd, seeds_label
 
 SPEC = (
     "catalogue",
@@ -81,7 +81,7 @@ def _comparison(d: SweepData, s: Section, out: Path) -> tuple[dict[str, Any], st
     rows = rows[rows["min_updates"] > 0]
     if not rows.empty:  # equal updates: the budget most cells have
         rows = rows[rows["min_updates"] == rows["min_updates"].mode().iloc[0]]
-    rows = with_status(d, need(rows, varying="loss"))
+    rows = need(rows, varying="loss")
     # data sets with the MSE reference
     rows = s.use(rows[rows["outliers"].isin(rows.loc[rows["loss"] == "mse", "outliers"])])
     dd, n, sigma = int(rows["d"].iloc[0]), int(rows["n"].iloc[0]), float(rows["noise"].iloc[0])

@@ -12,7 +12,6 @@ import pandas as pd
 
 from pipeline import stats, theory
 from pipeline.outcome import OUTCOMES
-from pipeline.report.data import SweepData
 
 # The d2l chapter's setting (what `python -m pipeline` trains), less the key a section varies:
 # sections select their runs by these params, so any sweep's matching runs count.
@@ -87,13 +86,6 @@ def spread(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
-
-
-def with_status(d: SweepData, rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows with `status`: the run's outcome as training decided it (the ``outcome`` tag,
-    :mod:`pipeline.outcome`): converged, unconverged, diverged (stopped, or ending above its
-    initial loss) or update_error. Kept as a function so sections read as before."""
-    return rows.assign(status=rows["outcome"])
 
 
 def outcome_counts(rows: pd.DataFrame) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import theory
 from pipeline.report.data import Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, floor_theory, log_ticks, spread, with_status
+from pipeline.report.sections.common import base, floor_theory, log_ticks, spread
 
 SPEC = ("data_size", "Data size", "How does the error shrink with more data?", "data_size")
 
@@ -26,7 +26,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
     if not rows.empty:  # equal updates at every n: the update budget that covers most n
         budget = rows.groupby("min_updates")["n"].nunique().idxmax()
         rows = rows[rows["min_updates"] == budget]
-    rows = s.use(with_status(d, need(rows, varying="n")))
+    rows = s.use(need(rows, varying="n"))
     rows = rows.assign(variant=[VARIANTS.get((r.schedule, r.averaging)) for r in rows.itertuples()])
     rows = rows.dropna(subset=["variant"])
     table = spread(rows, ["variant", "n"], "w_error")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline import stats, theory
 from pipeline.report.data import Section, SweepData, need, save
-from pipeline.report.sections.common import base, mean_sd, seeds_label, with_status
+from pipeline.report.sections.common import base, mean_sd, seeds_label
 
 SPEC = (
     "fitting",
@@ -39,9 +39,9 @@ LOWER = {"a < b": "lower", "a > b": "higher", stats.NO_DIFFERENCE: stats.NO_DIFF
 INTERPOLATED = 1e-9
 
 
-def fitting_status(d: SweepData, rows: pd.DataFrame, sigma2: float) -> pd.DataFrame:
-    """with_status, and interpolating runs (train MSE < INTERPOLATED·σ²) converged."""
-    rows = with_status(d, rows)
+def fitting_status(rows: pd.DataFrame, sigma2: float) -> pd.DataFrame:
+    """The runs' outcome (`status`), with interpolating runs (train MSE < INTERPOLATED·σ²)
+    counted converged."""
     done = (rows["status"] == "unconverged") & (rows["mse"] < INTERPOLATED * sigma2)
     return rows.assign(status=rows["status"].where(~done, "converged"))
 
@@ -169,7 +169,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         rows = rows[rows["val_mse"].notna()]
     rows = need(rows, varying="d")
     sigma2 = NOISE**2
-    rows = s.use(early_stopping(d, fitting_status(d, rows, sigma2)))
+    rows = s.use(early_stopping(d, fitting_status(rows, sigma2)))
     first = d.config(rows["run_id"].iloc[0])
     signal_sq = float(sum(w * w for w in first.data.true_w) + first.data.true_b**2)
     full = rows["B"] == rows["n"]

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline import stats, theory
 from pipeline.report.data import Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, mean_sd, seeds_label, with_status
+from pipeline.report.sections.common import base, mean_sd, seeds_label
 
 SPEC = (
     "huber",
@@ -30,7 +30,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         loss=["squared", "huber"],
     )
     rows = rows[rows["min_updates"] > 0]
-    rows = s.use(with_status(d, need(rows, varying="loss")))
+    rows = s.use(need(rows, varying="loss"))
     dd, n, sigma = int(rows["d"].iloc[0]), int(rows["n"].iloc[0]), float(rows["noise"].iloc[0])
     scale = float(d.config(rows["run_id"].iloc[0]).data.outliers.scale)
     rows = rows.assign(

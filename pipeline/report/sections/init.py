@@ -9,14 +9,14 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline import stats
 from pipeline.report.data import Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, spread, with_status
+from pipeline.report.sections.common import base, spread
 
 SPEC = ("init", "Zero initialisation", "Does zero initialisation still work?", "init")
 
 
 def build(d: SweepData, s: Section, out: Path) -> None:
     rows = d.select(**base("init"), lr=0.03, lr_scaling="none", B=10, model="linear")
-    rows = s.use(with_status(d, need(rows, varying="init")))
+    rows = s.use(need(rows, varying="init"))
     t = spread(rows, ["init"], "w_error")
     curves = {r: d.history(r, "w_error") for r in rows["run_id"]}
     start = rows.assign(start=rows["run_id"].map(lambda r: curves[r][0]))

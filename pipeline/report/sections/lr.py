@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline import stats, theory
 from pipeline.data import make_generators
 from pipeline.report.data import MissingRuns, Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import base, log_ticks, mean_sd, seeds_label, with_status
+from pipeline.report.sections.common import base, log_ticks, mean_sd, seeds_label
 from pipeline.train import make_problem
 
 SPEC = ("lr", "Learning rate", "How do I find a good learning rate?", "lr")
@@ -28,7 +28,7 @@ VARIANTS = {
 def sgd_table(d: SweepData, s: Section) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Minibatch SGD as d2l trains it (B = 10, 3 epochs), final mse over seeds per lr."""
     rows = d.select(**base(), B=10, lr_scaling="none", model="linear")
-    rows = s.use(with_status(d, need(rows, varying="lr")))
+    rows = s.use(need(rows, varying="lr"))
     table = []
     for lr, g in rows.groupby("lr"):
         ok = g[~g["diverged"]]

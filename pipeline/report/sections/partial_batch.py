@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline import stats
 from pipeline.report.data import Section, SweepData, need, new_figure, save
-from pipeline.report.sections.common import spread, with_status
+from pipeline.report.sections.common import spread
 
 SPEC = (
     "partial_batch",
@@ -23,7 +23,7 @@ def build(d: SweepData, s: Section, out: Path) -> None:
         source="memory", loss="mse", n=1000, B=[300, 400], lr=0.1, outliers=0.0, schedule="constant"
     )
     rows = rows[rows["min_updates"] > 0]
-    rows = s.use(with_status(d, need(rows, varying="B")))
+    rows = s.use(need(rows, varying="B"))
     variant = np.where(
         rows["reduction"] == "nominal",
         "d2l: sum / nominal B",
